@@ -1,0 +1,3 @@
+"""homegpt: create your own GPT from scratch — plan, tokenizer, prepare, train, eval, sample."""
+
+__version__ = "0.1.0"

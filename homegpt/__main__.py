@@ -1,0 +1,5 @@
+import sys
+
+from homegpt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,255 @@
+"""The run directory and its checkpoints: safetensors for tensors, JSON for everything else, never pickle.
+
+    RUN/
+      run.json            what this run is: homegpt version, model shape, parameter counts, data manifest
+      config.toml         the resolved training config (homegpt train --resume RUN reads it back)
+      tokenizer.json      the tokenizer the model was trained with
+      checkpoints/step-000200/
+          model.safetensors       weights (the tied output head is stored once, as the embedding)
+          optimizer.safetensors   AdamW moments and step counts, keyed by parameter name
+          rng.safetensors         torch RNG states (CPU, CUDA) and the data loader's generator
+          state.json              step, tokens seen, elapsed time, python/numpy RNG states, best val loss
+      metrics.csv, samples.txt, loss.png, eval.json
+
+A checkpoint is written into a temporary folder, fsynced, then renamed: a crash mid-write leaves either
+the previous checkpoint or the new one, never a half-written one under a real name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from homegpt.errors import UserError
+from homegpt.model import GPT, GPTConfig
+
+CKPT_PREFIX = "step-"
+
+
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary folders start with '.' and are ignored)."""
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(CKPT_PREFIX))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model: GPT,
+    optimizer: torch.optim.Optimizer,
+    loader_state: torch.Tensor,
+    state: dict,
+    keep: int,
+) -> Path:
+    root = run_dir / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{CKPT_PREFIX}{step:06d}"
+    tmp = root / f".{final.name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_file(model_state(model), str(tmp / "model.safetensors"))
+    save_file(optimizer_tensors(model, optimizer), str(tmp / "optimizer.safetensors"))
+    rng = {"torch_cpu": torch.get_rng_state(), "loader": loader_state}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            rng[f"torch_cuda_{i}"] = s
+    save_file(rng, str(tmp / "rng.safetensors"))
+    state = dict(state, step=step, python_rng=_python_rng(), numpy_rng=_numpy_rng())
+    (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    _fsync_dir(root)
+    for old in checkpoint_dirs(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def model_state(model: GPT) -> dict[str, torch.Tensor]:
+    """Weights without the tied head (safetensors refuses shared storage; the head is the embedding)."""
+    sd = {k: v.detach().contiguous() for k, v in _unwrap(model).state_dict().items()}
+    sd.pop("lm_head.weight", None)
+    return sd
+
+
+def _unwrap(model):
+    model = getattr(model, "_orig_mod", model)  # torch.compile
+    return getattr(model, "module", model)  # DistributedDataParallel
+
+
+def optimizer_tensors(model: GPT, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    names = {id(p): n for n, p in _unwrap(model).named_parameters()}
+    out = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                out[f"{names[id(p)]}::{key}"] = value.detach().reshape(value.shape).contiguous()
+    return out
+
+
+def load_optimizer_tensors(model: GPT, optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    named = dict(_unwrap(model).named_parameters())
+    for key, value in tensors.items():
+        name, field = key.split("::")
+        p = named[name]
+        target_device = p.device if field != "step" else value.device
+        optimizer.state[p][field] = value.to(target_device)
+
+
+def _python_rng() -> list:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def _numpy_rng() -> dict:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"name": name, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def restore_rng(state: dict, rng: dict[str, torch.Tensor]) -> None:
+    v, internal, gauss = state["python_rng"]
+    random.setstate((v, tuple(internal), gauss))
+    n = state["numpy_rng"]
+    np.random.set_state((n["name"], np.array(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(rng["torch_cpu"])
+    if torch.cuda.is_available():
+        states = [rng[k] for k in sorted(rng) if k.startswith("torch_cuda_")]
+        if len(states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states)
+
+
+def read_checkpoint(ckpt: Path) -> tuple[dict, dict, dict, dict]:
+    """(weights, optimizer tensors, rng tensors, state) of one checkpoint, or a UserError if damaged."""
+    try:
+        state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+        weights = load_file(str(ckpt / "model.safetensors"))
+        optim = load_file(str(ckpt / "optimizer.safetensors")) if (ckpt / "optimizer.safetensors").exists() else {}
+        rng = load_file(str(ckpt / "rng.safetensors")) if (ckpt / "rng.safetensors").exists() else {}
+    except (OSError, json.JSONDecodeError, SafetensorError, UnicodeDecodeError, ValueError) as e:
+        raise UserError(f"checkpoint {ckpt} is truncated or corrupted ({type(e).__name__}): "
+                        f"delete it to fall back to an earlier one") from None
+    return weights, optim, rng, state
+
+
+def load_weights(model: GPT, weights: dict[str, torch.Tensor], where: Path) -> None:
+    expected = set(model_state(model))
+    if set(weights) != expected:
+        raise UserError(f"{where} does not match this model's layers: is it from another run?")
+    own = _unwrap(model).state_dict()
+    for k, v in weights.items():
+        if own[k].shape != v.shape:
+            raise UserError(f"{where}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}: "
+                            f"the tokenizer or config does not match this checkpoint")
+    _unwrap(model).load_state_dict(weights, strict=False)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but no CUDA GPU is available: use --device cpu")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps asked for, but MPS is not available: use --device cpu")
+    return dev
+
+
+def autocast_for(device: torch.device, dtype: str = "auto"):
+    """bf16 autocast on CUDA GPUs that support it (or when asked), fp32 otherwise."""
+    use_bf16 = dtype == "bf16" or (dtype == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+    if use_bf16:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@dataclass
+class Run:
+    path: Path
+    info: dict
+    model: GPT
+    tokenizer: object
+    token_bytes: torch.Tensor
+    step: int
+    data_dir: str
+    data_source: str
+    autocast: object
+
+
+def read_run_info(run_dir: str | Path) -> dict:
+    path = Path(run_dir)
+    if not path.exists():
+        raise UserError(f"run {path} does not exist")
+    if not (path / "run.json").is_file():
+        raise UserError(f"{path} is not a homegpt run directory (no run.json)")
+    try:
+        return json.loads((path / "run.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{path}/run.json is damaged") from None
+
+
+def load_run(run_dir: str | Path, device: str = "auto", step: int | None = None) -> Run:
+    """A run's model (latest checkpoint's weights, in eval mode) and tokenizer, ready to evaluate or sample."""
+    from homegpt.tokenizer import file_sha256, load_tokenizer, token_byte_lengths
+
+    path = Path(run_dir)
+    info = read_run_info(path)
+    ckpts = checkpoint_dirs(path)
+    if step is not None:
+        ckpts = [c for c in ckpts if c.name == f"{CKPT_PREFIX}{step:06d}"]
+    if not ckpts:
+        raise UserError(f"run {path} has no checkpoint yet: train it first")
+    tok_path = path / "tokenizer.json"
+    tokenizer = load_tokenizer(tok_path)
+    if file_sha256(tok_path) != info["tokenizer_sha256"]:
+        raise UserError(f"{tok_path} is not the tokenizer this run was trained with (hash differs)")
+    cfg = GPTConfig.from_dict(info["model"])
+    if tokenizer.get_vocab_size() > cfg.vocab_size:
+        raise UserError(f"{tok_path} has {tokenizer.get_vocab_size()} tokens, the model only {cfg.vocab_size}")
+    dev = pick_device(device)
+    model = GPT(cfg)
+    weights, _, _, state = read_checkpoint(ckpts[-1])
+    load_weights(model, weights, ckpts[-1])
+    model.to(dev).eval()
+    token_bytes = torch.tensor(token_byte_lengths(tokenizer, cfg.vocab_size), dtype=torch.long)
+    return Run(
+        path=path,
+        info=info,
+        model=model,
+        tokenizer=tokenizer,
+        token_bytes=token_bytes,
+        step=state["step"],
+        data_dir=info.get("data_dir", ""),
+        data_source=info.get("data_source", ""),
+        autocast=autocast_for(dev, info.get("dtype", "auto")),
+    )

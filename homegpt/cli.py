@@ -1,0 +1,201 @@
+"""The `homegpt` command: a thin layer over the Python API, one subcommand per pipeline stage.
+
+Bad input raises UserError anywhere below; here it becomes one line on stderr and exit code 2.
+With --json, the last line on stdout is one JSON object; progress and logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from homegpt import __version__
+from homegpt.errors import UserError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not argparse's usage block
+        self.exit(EXIT_USAGE, f"homegpt: error: {message} (see {self.prog} --help)\n")
+
+
+def _emit(result: dict, as_json: bool, text_lines: list[str]) -> None:
+    if as_json:
+        print(json.dumps(result))
+    else:
+        print("\n".join(text_lines))
+
+
+def cmd_demo(args) -> int:
+    from homegpt.demo import run_demo
+
+    result = run_demo(args.data, args.out, seconds=args.seconds, force=args.force, device=args.device,
+                      progress=not args.no_progress)
+    lines = [
+        f"run directory: {result['run_dir']}",
+        f"held-out loss {result['val_loss']:.4f} nats/token | perplexity {result['val_perplexity']:.2f} | "
+        f"{result['val_bpb']:.3f} bits/byte",
+        f"{result['params']:,} parameters, {result['tokens_trained']:,} tokens, {result['seconds']:.0f} s",
+    ]
+    _emit(result, args.json, lines)
+    return 0
+
+
+def cmd_tokenizer(args) -> int:
+    from homegpt.tokenizer import train_tokenizer
+
+    info = train_tokenizer(args.data, args.vocab_size, args.out, force=args.force)
+    lines = [f"wrote {info['path']}: {info['vocab_size']:,} tokens (model vocabulary {info['model_vocab_size']:,}), "
+             f"{info['bytes_per_token']:.3f} bytes/token on held-out text"]
+    _emit(info, args.json, lines)
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from homegpt.prepare import prepare
+
+    m = prepare(args.data, args.tokenizer, args.out, force=args.force)
+    s = m["splits"]
+    lines = [f"wrote {args.out}: train {s['train']['tokens']:,} tokens ({s['train']['documents']:,} documents), "
+             f"val {s['val']['tokens']:,} tokens ({s['val']['documents']:,} documents), {m['dtype']}"]
+    _emit(m, args.json, lines)
+    return 0
+
+
+def cmd_train(args, overrides: list[str]) -> int:
+    from homegpt.config import load_config, parse_overrides
+    from homegpt.train import train
+
+    config_path, out = args.config, args.out
+    if config_path is not None and Path(config_path).is_dir():  # `homegpt train RUN --resume`
+        out = out or config_path
+        config_path = str(Path(config_path) / "config.toml")
+    if config_path is None and args.resume and out:
+        config_path = str(Path(out) / "config.toml")
+    if config_path is None:
+        raise UserError("give a config file (homegpt train CONFIG.toml) or --resume RUN")
+    cfg = load_config(config_path, parse_overrides(overrides))
+    if out is None:
+        out = str(Path("runs") / Path(config_path).stem)
+    result = train(cfg, out, resume=args.resume, force=args.force, progress=not args.no_progress)
+    if not result.get("finished", True):
+        _emit(result, args.json, [f"stopped at step {result['step']}: continue with homegpt train {out} --resume"])
+        return 0
+    lines = [f"run directory: {out}",
+             f"held-out loss {result['val_loss']:.4f} | perplexity {result['val_perplexity']:.2f} | "
+             f"{result['val_bpb']:.3f} bits/byte after {result['tokens_trained']:,} tokens"]
+    _emit(result, args.json, lines)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from homegpt.evaluate import evaluate_run
+
+    r = evaluate_run(args.run, args.data, device=args.device)
+    lines = [f"{r['data']}: {r['tokens']:,} tokens, {r['bytes']:,} bytes",
+             f"loss {r['loss']:.4f} nats/token | perplexity {r['perplexity']:.3f} | {r['bpb']:.4f} bits/byte"]
+    _emit(r, args.json, lines)
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from homegpt.sample import sample_run
+
+    stream = None if args.json else (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+    if stream is not None:
+        stream(args.prompt)
+    texts = sample_run(args.run, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+                       args.seed, args.num_samples, args.device, on_text=stream)
+    if args.json:
+        print(json.dumps({"prompt": args.prompt, "samples": texts}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="homegpt", description="Create your own GPT from scratch.")
+    p.add_argument("--version", action="version", version=f"homegpt {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    d = sub.add_parser("demo", help="the whole pipeline on a small corpus in a few minutes")
+    d.add_argument("--data", default="builtin", help="source: builtin (default) or file:PATH")
+    d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    d.add_argument("--seconds", type=float, default=280.0, help="wall-time budget for the whole demo")
+    d.add_argument("--device", default="auto")
+    d.add_argument("--force", action="store_true", help="replace an earlier demo in --out")
+    d.add_argument("--no-progress", action="store_true")
+    d.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
+    d.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer")
+    t.add_argument("--data", default="builtin")
+    t.add_argument("--vocab-size", type=int, default=8192)
+    t.add_argument("--out", required=True, help="folder for tokenizer.json")
+    t.add_argument("--force", action="store_true")
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=cmd_tokenizer)
+
+    pr = sub.add_parser("prepare", help="encode a corpus into train/val token shards")
+    pr.add_argument("--data", default="builtin")
+    pr.add_argument("--tokenizer", required=True, help="tokenizer.json or its folder")
+    pr.add_argument("--out", required=True)
+    pr.add_argument("--force", action="store_true")
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(func=cmd_prepare)
+
+    tr = sub.add_parser("train", help="train a GPT from a TOML config; any config key can be given as --key value")
+    tr.add_argument("config", nargs="?", help="CONFIG.toml, or a run directory to resume")
+    tr.add_argument("--out", help="run directory (default runs/CONFIG-NAME)")
+    tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    tr.add_argument("--force", action="store_true", help="start over in a folder that holds another run")
+    tr.add_argument("--no-progress", action="store_true")
+    tr.add_argument("--json", action="store_true")
+    tr.set_defaults(func=cmd_train, takes_overrides=True)
+
+    e = sub.add_parser("eval", help="held-out loss, perplexity and bits per byte of a run")
+    e.add_argument("run")
+    e.add_argument("--data", default=None, help="evaluate on this source's held-out split instead")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("sample", help="generate text from a run")
+    s.add_argument("run")
+    s.add_argument("--prompt", default="")
+    s.add_argument("--max-new-tokens", type=int, default=200)
+    s.add_argument("--temperature", type=float, default=0.8)
+    s.add_argument("--top-k", type=int, default=50)
+    s.add_argument("--top-p", type=float, default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--num-samples", type=int, default=1)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_sample)
+
+    try:
+        from homegpt.plan_cli import register
+    except ImportError:
+        register = None
+    if register is not None:
+        register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    args, rest = parser.parse_known_args(argv)
+    try:
+        if getattr(args, "takes_overrides", False):
+            return args.func(args, rest)
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return args.func(args)
+    except UserError as e:
+        print(f"homegpt: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("homegpt: interrupted", file=sys.stderr)
+        return 130
