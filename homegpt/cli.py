@@ -101,19 +101,6 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def cmd_sample(args) -> int:
-    from homegpt.sample import sample_run
-
-    stream = None if args.json else (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
-    if stream is not None:
-        stream(args.prompt)
-    texts = sample_run(args.run, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
-                       args.seed, args.num_samples, args.device, on_text=stream)
-    if args.json:
-        print(json.dumps({"prompt": args.prompt, "samples": texts}))
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="homegpt", description="Create your own GPT from scratch.")
     p.add_argument("--version", action="version", version=f"homegpt {__version__}")
@@ -161,25 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval)
 
-    s = sub.add_parser("sample", help="generate text from a run")
-    s.add_argument("run")
-    s.add_argument("--prompt", default="")
-    s.add_argument("--max-new-tokens", type=int, default=200)
-    s.add_argument("--temperature", type=float, default=0.8)
-    s.add_argument("--top-k", type=int, default=50)
-    s.add_argument("--top-p", type=float, default=None)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--num-samples", type=int, default=1)
-    s.add_argument("--device", default="auto")
-    s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_sample)
+    import importlib
 
-    try:
-        from homegpt.plan_cli import register
-    except ImportError:
-        register = None
-    if register is not None:
-        register(sub)
+    # Stages with several subcommands register their own: sharing (sample/export/import/push), planning.
+    for module in ("homegpt.share_cli", "homegpt.plan_cli"):
+        try:
+            importlib.import_module(module).register(sub)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
     return p
 
 

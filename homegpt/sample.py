@@ -86,6 +86,8 @@ def sample_run(
     encode_prompt(run.tokenizer, prompt, run.model.config.block_size, max_new_tokens)  # check before output
     out = []
     for i in range(num_samples):
+        if on_text is not None:
+            on_text(prompt)
         with run.autocast:
             out.append(generate_text(run.model, run.tokenizer, prompt, max_new_tokens, temperature, top_k, top_p,
                                      seed + i, on_text))
