@@ -226,8 +226,9 @@ def train(
             row.update(val_loss=ev["loss"], val_bpb=ev["bpb"])
             final = ev
             best_val = min(best_val, ev["loss"])
-            bar.write(f"step {step}/{total_steps}  train {train_loss:.4f}  val {ev['loss']:.4f}  "
-                      f"bpb {ev['bpb']:.3f}  {tps:,.0f} tok/s  {fpt * tps / 1e9:.1f} GFLOP/s", file=sys.stderr)
+            msg = (f"step {step}/{total_steps}  train {train_loss:.4f}  val {ev['loss']:.4f}  "
+                   f"bpb {ev['bpb']:.3f}  {tps:,.0f} tok/s  {fpt * tps / 1e9:.1f} GFLOP/s")
+            bar.write(msg, file=sys.stderr) if progress else log(msg)
             if cfg.sample_tokens > 0:
                 _write_sample(out, model, tok, step, cfg, mcfg)
         metrics.write(row)

@@ -1,0 +1,67 @@
+"""Shared fixtures: a small real corpus, its tokenizer, prepared shards and a tiny trained run.
+
+Everything is built once per test session through the real code paths, small enough for 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory):
+    """40 chapters of the built-in corpus as 40 .txt files (enough documents for a document split)."""
+    from homegpt.sources import load_corpus
+
+    corpus = load_corpus("builtin")
+    d = tmp_path_factory.mktemp("corpus")
+    for i, doc in enumerate(corpus.train[:40]):
+        (d / f"doc{i:03d}.txt").write_text(doc, encoding="utf-8")
+    return d
+
+
+@pytest.fixture(scope="session")
+def source(corpus_dir):
+    return f"file:{corpus_dir}"
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(source, tmp_path_factory):
+    from homegpt.tokenizer import train_tokenizer
+
+    out = tmp_path_factory.mktemp("tok")
+    train_tokenizer(source, 512, out, force=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def data_dir(source, tokenizer_dir, tmp_path_factory):
+    from homegpt.prepare import prepare
+
+    out = tmp_path_factory.mktemp("data")
+    prepare(source, tokenizer_dir, out, force=True)
+    return out
+
+
+def tiny_config(data_dir, **overrides):
+    from homegpt.config import TrainConfig
+
+    values = dict(
+        data_dir=str(data_dir), preset="cpu-tiny", batch_tokens=512, micro_batch=4, max_steps=6,
+        lr=3e-3, warmup_steps=2, eval_interval=3, eval_tokens=1024, sample_tokens=8, seed=7, device="cpu",
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="session")
+def trained_run(data_dir, tmp_path_factory):
+    from homegpt.train import train
+
+    out = tmp_path_factory.mktemp("run") / "run"
+    result = train(tiny_config(data_dir), out, progress=False, log=lambda m: None)
+    return out, result

@@ -1,0 +1,96 @@
+import math
+
+import pytest
+import torch
+
+from homegpt.errors import UserError
+from homegpt.model import GPT, PRESETS, GPTConfig, count_params, preset
+
+
+def small(**kw) -> GPTConfig:
+    base = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=128)
+    base.update(kw)
+    return GPTConfig(**base)
+
+
+def test_loss_at_init_is_about_ln_vocab():
+    torch.manual_seed(0)
+    cfg = small(vocab_size=512)
+    model = GPT(cfg)
+    x, y = torch.randint(0, 512, (2, 4, 32))
+    _, loss = model(x, y)
+    assert abs(loss.item() - math.log(512)) < 0.1
+
+
+def test_tiny_batch_can_be_overfitted():
+    torch.manual_seed(0)
+    model = GPT(small())
+    x = torch.randint(0, 128, (2, 17))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        _, loss = model(x[:, :-1], x[:, 1:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_param_count_formula_matches_real_tensors(bias):
+    for name in ("cpu-tiny", "cpu-small"):
+        cfg = GPTConfig(**{**PRESETS[name], "bias": bias})
+        assert count_params(cfg) == GPT(cfg).num_params()
+
+
+def test_seed_51m_preset_is_the_recipe_shape():
+    cfg = preset("seed-51m")
+    assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.vocab_size) == (8, 8, 512, 50304)
+    # V d (tied, once) + T d + L (12 d^2 + 13 d) + 2 d
+    d = 512
+    assert count_params(cfg)["total"] == 50304 * d + 1024 * d + 8 * (12 * d * d + 13 * d) + 2 * d
+
+
+def test_kv_cache_greedy_equals_no_cache_greedy():
+    torch.manual_seed(1)
+    model = GPT(small()).eval()
+    prompt = torch.randint(0, 128, (3, 5))
+    with_cache = torch.cat(list(model.generate(prompt, 20, temperature=0, use_cache=True)), dim=1)
+    no_cache = torch.cat(list(model.generate(prompt, 20, temperature=0, use_cache=False)), dim=1)
+    assert torch.equal(with_cache, no_cache)
+
+
+def test_cached_logits_match_full_forward():
+    torch.manual_seed(2)
+    model = GPT(small()).eval()
+    from homegpt.model import KVCache
+
+    x = torch.randint(0, 128, (2, 12))
+    full, _ = model(x)
+    cache = KVCache(model.config, 2, 12, "cpu", torch.float32)
+    first, _ = model(x[:, :7], cache=cache)
+    rest = [model(x[:, i : i + 1], cache=cache)[0] for i in range(7, 12)]
+    stepped = torch.cat([first] + rest, dim=1)
+    assert torch.allclose(full, stepped, atol=1e-5)
+
+
+def test_generation_is_seeded():
+    model = GPT(small()).eval()
+    prompt = torch.zeros(1, 1, dtype=torch.long)
+    a = torch.cat(list(model.generate(prompt, 10, 1.0, 20, 0.9, torch.Generator().manual_seed(3))), 1)
+    b = torch.cat(list(model.generate(prompt, 10, 1.0, 20, 0.9, torch.Generator().manual_seed(3))), 1)
+    assert torch.equal(a, b)
+
+
+def test_bad_shapes_are_user_errors():
+    with pytest.raises(UserError, match="divisible"):
+        GPTConfig(n_embd=100, n_head=3)
+    with pytest.raises(UserError, match="did you mean 'cpu-tiny'"):
+        preset("cpu-tinny")
+    with pytest.raises(UserError, match="positive"):
+        GPTConfig(n_layer=0)
+
+
+def test_too_long_sequence_is_refused():
+    model = GPT(small(block_size=8)).eval()
+    with pytest.raises(UserError, match="context"):
+        list(model.generate(torch.zeros(1, 6, dtype=torch.long), 5))

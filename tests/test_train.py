@@ -1,0 +1,107 @@
+import csv
+import json
+import math
+
+import pytest
+import torch
+from conftest import tiny_config
+from safetensors.torch import load_file
+
+from homegpt.checkpoint import checkpoint_dirs, load_run
+from homegpt.config import TrainConfig, load_config
+from homegpt.errors import UserError
+from homegpt.train import lr_at, train
+
+QUIET = dict(progress=False, log=lambda m: None)
+
+
+def test_run_directory_is_complete(trained_run):
+    run, result = trained_run
+    for name in ("run.json", "config.toml", "tokenizer.json", "metrics.csv", "samples.txt", "loss.png", "eval.json"):
+        assert (run / name).is_file(), name
+    assert checkpoint_dirs(run)[-1].name == "step-000006"
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert len(rows) == 6 and rows[2]["val_loss"] and not rows[0]["val_loss"]
+    assert result["val_perplexity"] == pytest.approx(math.exp(result["val_loss"]))
+    assert result["params"] == json.loads((run / "run.json").read_text())["params"]["total"]
+
+
+def test_resolved_config_reads_back_unchanged(trained_run, data_dir):
+    run, _ = trained_run
+    assert load_config(run / "config.toml") == tiny_config(data_dir)
+
+
+def test_training_lowers_held_out_loss(data_dir, tmp_path):
+    result = train(tiny_config(data_dir, max_steps=30, eval_interval=30, sample_tokens=0), tmp_path / "r", **QUIET)
+    vocab = json.loads((data_dir / "manifest.json").read_text())["model_vocab_size"]
+    assert result["val_loss"] < math.log(vocab) - 0.7
+
+
+def test_schedule_warmup_then_cosine_to_ten_percent():
+    cfg = TrainConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_at(0, cfg, 100) == pytest.approx(0.1)
+    assert lr_at(9, cfg, 100) == pytest.approx(1.0)
+    assert lr_at(55, cfg, 100) == pytest.approx(0.55)
+    assert lr_at(100, cfg, 100) == pytest.approx(0.1)
+
+
+def test_resume_continues_the_identical_run(data_dir, tmp_path):
+    cfg = tiny_config(data_dir, max_steps=8, eval_interval=4, dropout=0.1)
+    whole = train(cfg, tmp_path / "whole", **QUIET)
+    part = train(cfg, tmp_path / "split", stop_after=3, **QUIET)
+    assert part["finished"] is False and part["step"] == 3
+    resumed = train(cfg, tmp_path / "split", resume=True, **QUIET)
+    assert resumed["val_loss"] == whole["val_loss"]
+    a = load_file(str(checkpoint_dirs(tmp_path / "whole")[-1] / "model.safetensors"))
+    b = load_file(str(checkpoint_dirs(tmp_path / "split")[-1] / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    losses = lambda d: [r["train_loss"] for r in csv.DictReader(open(tmp_path / d / "metrics.csv"))]  # noqa: E731
+    assert losses("whole") == losses("split")
+
+
+def test_refuses_to_mix_runs(data_dir, trained_run, tmp_path):
+    run, _ = trained_run
+    with pytest.raises(UserError, match="already holds a run"):
+        train(tiny_config(data_dir), run, **QUIET)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not empty"):
+        train(tiny_config(data_dir), tmp_path / "other", **QUIET)
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+def test_corrupted_checkpoint_is_a_user_error(data_dir, tmp_path):
+    run = tmp_path / "r"
+    train(tiny_config(data_dir, max_steps=3, sample_tokens=0), run, **QUIET)
+    weights = checkpoint_dirs(run)[-1] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(UserError, match="truncated or corrupted"):
+        load_run(run, device="cpu")
+
+
+def test_tokenizer_swapped_under_a_run_is_detected(trained_run, tmp_path, tokenizer_dir, source):
+    import shutil
+
+    from homegpt.tokenizer import train_tokenizer
+
+    run, _ = trained_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    train_tokenizer(source, 320, tmp_path / "tok2")
+    shutil.copyfile(tmp_path / "tok2" / "tokenizer.json", copy / "tokenizer.json")
+    with pytest.raises(UserError, match="not the tokenizer this run was trained with"):
+        load_run(copy, device="cpu")
+
+
+def test_non_finite_loss_skips_then_stops(data_dir, tmp_path, monkeypatch):
+    from homegpt import model as model_mod
+
+    real_forward = model_mod.GPT.forward
+
+    def nan_forward(self, idx, targets=None, cache=None, reduction="mean"):
+        logits, loss = real_forward(self, idx, targets, cache, reduction)
+        return logits, (loss * float("nan") if (loss is not None and self.training) else loss)
+
+    monkeypatch.setattr(model_mod.GPT, "forward", nan_forward)
+    with pytest.raises(UserError, match="not finite"):
+        train(tiny_config(data_dir, max_steps=10, sample_tokens=0), tmp_path / "nan", **QUIET)
