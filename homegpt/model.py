@@ -80,7 +80,10 @@ def count_params(cfg: GPTConfig) -> dict[str, int]:
     (Kaplan et al.'s convention). Per layer: 2 LayerNorms, qkv, attention proj, MLP up and down.
     """
     d, b = cfg.n_embd, int(cfg.bias)
-    per_layer = 2 * (d + b * d) + (3 * d * d + b * 3 * d) + (d * d + b * d) + (4 * d * d + b * 4 * d) + (4 * d * d + b * d)
+    layer_norms = 2 * (d + b * d)
+    attention = (3 * d * d + b * 3 * d) + (d * d + b * d)
+    mlp = (4 * d * d + b * 4 * d) + (4 * d * d + b * d)
+    per_layer = layer_norms + attention + mlp
     embedding = cfg.vocab_size * d + cfg.block_size * d
     non_embedding = cfg.n_layer * per_layer + (d + b * d)  # + final LayerNorm
     return {"total": embedding + non_embedding, "non_embedding": non_embedding, "embedding": embedding}

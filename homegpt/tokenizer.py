@@ -8,7 +8,6 @@ rounded up to a multiple of 64 (GPT-2's 50,257 -> 50,304), which keeps matmuls o
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -112,8 +111,4 @@ def _bytes_to_unicode() -> dict[int, str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
-
-
-def tokenizer_json(tok: Tokenizer) -> dict:
-    return json.loads(tok.to_str())
+    return dict(zip(bs, (chr(c) for c in cs), strict=True))

@@ -168,6 +168,7 @@ def train(
         restore_rng(state, rng)
         loader.gen.set_state(rng["loader"])
         step, elapsed, best_val = state["step"], state["elapsed_s"], state.get("best_val_loss", float("inf"))
+        (out / "config.toml").write_text(dump_toml(cfg.to_dict()), encoding="utf-8")  # overrides now apply
         log(f"resuming {out} from step {step}")
     else:
         out.mkdir(parents=True, exist_ok=True)

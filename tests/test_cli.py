@@ -31,7 +31,8 @@ def test_pipeline_end_to_end_as_a_real_command(source, tmp_path):
 
     info = last_json(cli("tokenizer", "--data", source, "--vocab-size", 400, "--out", tmp_path / "tok", "--json"))
     assert info["model_vocab_size"] == 448 and info["bytes_per_token"] > 1
-    m = last_json(cli("prepare", "--data", source, "--tokenizer", tmp_path / "tok", "--out", tmp_path / "data", "--json"))
+    m = last_json(cli("prepare", "--data", source, "--tokenizer", tmp_path / "tok", "--out", tmp_path / "data",
+                      "--json"))
     assert m["splits"]["val"]["tokens"] > 0
     config = tmp_path / "tiny.toml"
     config.write_text(f'data_dir = "{tmp_path / "data"}"\npreset = "cpu-tiny"\nmax_steps = 4\n'
@@ -117,7 +118,7 @@ def test_bad_input_is_one_line_and_exit_2(case, expect, tmp_path, capsys, data_d
     try:
         code, out, err = run_cli(capsys, *args)
     except SystemExit as e:  # argparse's own errors
-        code, (out, err) = e.code, capsys.readouterr()
+        code, (_, err) = e.code, capsys.readouterr()
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert expect in err
