@@ -67,7 +67,7 @@ def cmd_prepare(args) -> int:
 
 def cmd_train(args, overrides: list[str]) -> int:
     from homegpt.config import load_config, parse_overrides
-    from homegpt.train import train
+    from homegpt.train import EXIT_PREEMPTED, train
 
     config_path, out = args.config, args.out
     if config_path is not None and Path(config_path).is_dir():  # `homegpt train RUN --resume`
@@ -81,9 +81,11 @@ def cmd_train(args, overrides: list[str]) -> int:
     if out is None:
         out = str(Path("runs") / Path(config_path).stem)
     result = train(cfg, out, resume=args.resume, force=args.force, progress=not args.no_progress)
+    if not result:  # a non-zero rank under torchrun: rank 0 reports
+        return 0
     if not result.get("finished", True):
         _emit(result, args.json, [f"stopped at step {result['step']}: continue with homegpt train {out} --resume"])
-        return 0
+        return EXIT_PREEMPTED if result.get("preempted") else 0
     lines = [f"run directory: {out}",
              f"held-out loss {result['val_loss']:.4f} | perplexity {result['val_perplexity']:.2f} | "
              f"{result['val_bpb']:.3f} bits/byte after {result['tokens_trained']:,} tokens"]

@@ -49,6 +49,11 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto (bf16 autocast on CUDA where supported, else fp32) | fp32 | bf16
     compile: bool = False  # torch.compile the model
+    # --- the live meter and loggers
+    price: float = 0.0  # USD per device-hour (all devices of the run together): shows dollars spent/projected
+    peak_tflops: float = 0.0  # the device's peak for MFU; 0 = GPU table, or a measured matmul rate on CPU
+    tensorboard: bool = False  # also log to RUN/tensorboard (needs the tensorboard package)
+    wandb_project: str = ""  # also log to Weights & Biases under this project (needs wandb, and a login)
 
     def model_config(self, vocab_size: int) -> GPTConfig:
         base = dict(PRESETS[self.preset]) if self.preset else {}
@@ -75,6 +80,8 @@ class TrainConfig:
                 raise UserError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_tokens <= 0 and self.max_steps <= 0:
             raise UserError("set max_steps or max_tokens to a positive number")
+        if self.price < 0 or self.peak_tflops < 0:
+            raise UserError("price and peak_tflops must not be negative")
         if not self.lr > 0:
             raise UserError(f"lr must be positive, got {self.lr}")
         if not 0 <= self.min_lr_ratio <= 1:

@@ -3,6 +3,11 @@
 One call, `train(cfg, out_dir)`, does a whole run into a run directory (see checkpoint.py for its layout)
 and returns the final held-out metrics. Resuming restores weights, optimizer moments, the schedule
 position, every RNG and the data loader's generator, so a resumed run continues the identical trajectory.
+
+The same code runs as one process or as many under `torchrun` (DistributedDataParallel: NCCL on GPUs,
+gloo on CPU). Every step draws the same set of windows whatever the number of processes and splits them
+between the ranks, so the tokens per step and the results do not depend on how many ranks there are.
+SIGTERM / SIGINT finish the current step, write a checkpoint and stop (exit code EXIT_PREEMPTED).
 """
 
 from __future__ import annotations
@@ -10,18 +15,23 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import random
 import shutil
+import signal
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from homegpt import __version__
 from homegpt.checkpoint import (
+    _unwrap,
     autocast_for,
     checkpoint_dirs,
     load_optimizer_tensors,
@@ -34,11 +44,15 @@ from homegpt.checkpoint import (
 from homegpt.config import TrainConfig, dump_toml
 from homegpt.errors import UserError
 from homegpt.evaluate import evaluate_tokens
+from homegpt.meter import Meter, peak_flops
 from homegpt.model import GPT, GPTConfig, count_params, flops_per_token
 from homegpt.prepare import open_split, read_manifest
-from homegpt.tokenizer import EOT, file_sha256, load_tokenizer, token_byte_lengths
+from homegpt.tokenizer import EOT, load_tokenizer, token_byte_lengths
 
-METRICS_FIELDS = ["step", "tokens", "elapsed_s", "lr", "train_loss", "val_loss", "val_bpb", "tokens_per_s"]
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "stopped on a signal, checkpoint written; rerun with --resume"
+MAX_BAD_STEPS = 5
+METRICS_FIELDS = ["step", "tokens", "elapsed_s", "lr", "train_loss", "val_loss", "val_bpb", "tokens_per_s",
+                  "mfu", "cost_usd"]
 
 
 def lr_at(step: int, cfg: TrainConfig, total: int) -> float:
@@ -58,28 +72,37 @@ def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    fused = device.type == "cuda"
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
 
 
 class Loader:
     """Random windows of block_size + 1 tokens from a memory-mapped split, from a seeded generator.
 
-    The generator's state is saved in every checkpoint, so a resumed run draws the same windows.
+    Each optimizer step draws all its windows at once (accum x world x micro_batch), identically on every
+    rank; rank r keeps its own share. So a step holds the same windows for any number of ranks, and the
+    generator state (saved in every checkpoint) is all a resumed run needs to draw the same windows again.
     """
 
-    def __init__(self, tokens: np.ndarray, block_size: int, batch: int, seed: int, device: torch.device):
+    def __init__(self, tokens, block_size: int, micro_batch: int, accum: int, seed: int, device: torch.device,
+                 rank: int = 0, world: int = 1):
         if len(tokens) < block_size + 2:
             raise UserError(
                 f"the training split has {len(tokens)} tokens, fewer than one window of {block_size + 1}: "
                 f"lower block_size or give more text"
             )
-        self.tokens, self.block, self.batch, self.device = tokens, block_size, batch, device
+        self.tokens, self.block, self.micro, self.accum = tokens, block_size, micro_batch, accum
+        self.device, self.rank, self.world = device, rank, world
         self.gen = torch.Generator().manual_seed(seed)
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        starts = torch.randint(0, len(self.tokens) - self.block - 1, (self.batch,), generator=self.gen)
-        rows = np.stack([np.asarray(self.tokens[s : s + self.block + 1], dtype=np.int64) for s in starts.tolist()])
+    def next_step(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's micro-batches for one optimizer step."""
+        n = self.accum * self.world * self.micro
+        starts = torch.randint(0, len(self.tokens) - self.block - 1, (n,), generator=self.gen)
+        mine = starts.view(self.accum, self.world, self.micro)[:, self.rank]
+        return [self._batch(row.tolist()) for row in mine]
+
+    def _batch(self, starts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = np.stack([np.asarray(self.tokens[s : s + self.block + 1], dtype=np.int64) for s in starts])
         batch = torch.from_numpy(rows)
         if self.device.type == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
@@ -94,6 +117,23 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def init_distributed(device_name: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device). Under torchrun: join the process group (NCCL on GPUs, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, pick_device(device_name)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
+    if use_cuda:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return rank, world, device
+
+
 def _prepare_run_dir(out: Path, resume: bool, force: bool) -> Path | None:
     """Refuse to mix runs; return the checkpoint to resume from, if any."""
     if out.exists() and not out.is_dir():
@@ -105,7 +145,7 @@ def _prepare_run_dir(out: Path, resume: bool, force: bool) -> Path | None:
     if has_run and not force:
         raise UserError(f"{out} already holds a run: pass --resume to continue it, --force to start over")
     if has_run and force:
-        for name in ("checkpoints", "metrics.csv", "samples.txt", "loss.png", "eval.json"):
+        for name in ("checkpoints", "metrics.csv", "samples.txt", "loss.png", "eval.json", "tensorboard"):
             target = out / name
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
     elif out.exists() and any(out.iterdir()) and not force:
@@ -121,6 +161,29 @@ def resolve(cfg: TrainConfig) -> tuple[dict, GPTConfig]:
     return manifest, cfg.model_config(manifest["model_vocab_size"])
 
 
+class _Preemption:
+    """Turns SIGTERM/SIGINT into a flag checked once per step, so the step in flight completes."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
 def train(
     cfg: TrainConfig,
     out_dir: str | Path,
@@ -130,33 +193,36 @@ def train(
     log=None,
     stop_after: int | None = None,
 ) -> dict:
-    """Train into out_dir; returns final held-out metrics and run facts.
+    """Train into out_dir; returns final held-out metrics and run facts (on rank 0; other ranks: {}).
 
     stop_after ends the call after that many optimizer steps (checkpointing first), as an interruption
     would, without changing the schedule: used to test and demonstrate exact resume.
     """
+    rank, world, device = init_distributed(cfg.device)
+    main_rank = rank == 0
     log = log or (lambda msg: print(msg, file=sys.stderr))
     out = Path(out_dir)
     manifest, mcfg = resolve(cfg)
-    resume_from = _prepare_run_dir(out, resume, force)
-    if resume_from is not None:
-        saved = _read_run_config(out)
-        if saved.get("model") != mcfg.to_dict():
-            raise UserError(f"{out} was trained with another model shape or tokenizer: "
-                            f"resume with its own config (homegpt train --resume {out})")
-    device = pick_device(cfg.device)
+    resume_from = _prepare_run_dir(out, resume, force) if main_rank else None
+    if resume_from is not None and _read_run_info(out).get("model") != mcfg.to_dict():
+        raise UserError(f"{out} was trained with another model shape or tokenizer: "
+                        f"resume with its own config (homegpt train {out} --resume)")
+    if world > 1:  # every rank resumes from the checkpoint rank 0 chose
+        box = [str(resume_from) if resume_from else ""]
+        dist.broadcast_object_list(box, src=0)
+        resume_from = Path(box[0]) if box[0] else None
     autocast = autocast_for(device, cfg.dtype)
     tok = load_tokenizer(Path(cfg.data_dir) / "tokenizer.json")
     _seed_everything(cfg.seed)
     model = GPT(mcfg).to(device)
     optimizer = make_optimizer(model, cfg, device)
-    train_tokens = open_split(cfg.data_dir, "train", manifest)
-    val_tokens = open_split(cfg.data_dir, "val", manifest)
     tokens_per_micro = cfg.micro_batch * mcfg.block_size
-    accum = max(1, round(cfg.batch_tokens / tokens_per_micro))
-    batch_tokens = accum * tokens_per_micro  # what a step really holds (batch_tokens rounded to whole windows)
+    accum = max(1, round(cfg.batch_tokens / (tokens_per_micro * world)))
+    batch_tokens = accum * tokens_per_micro * world  # what a step really holds (whole windows)
     total_steps = cfg.total_steps()
-    loader = Loader(train_tokens, mcfg.block_size, cfg.micro_batch, cfg.seed, device)
+    loader = Loader(open_split(cfg.data_dir, "train", manifest), mcfg.block_size, cfg.micro_batch, accum,
+                    cfg.seed, device, rank, world)
+    val_tokens = open_split(cfg.data_dir, "val", manifest)
     token_bytes = torch.tensor(token_byte_lengths(tok, mcfg.vocab_size), dtype=torch.long)
     params = count_params(mcfg)
 
@@ -168,84 +234,89 @@ def train(
         restore_rng(state, rng)
         loader.gen.set_state(rng["loader"])
         step, elapsed, best_val = state["step"], state["elapsed_s"], state.get("best_val_loss", float("inf"))
-        (out / "config.toml").write_text(dump_toml(cfg.to_dict()), encoding="utf-8")  # overrides now apply
-        log(f"resuming {out} from step {step}")
-    else:
+        if main_rank:
+            (out / "config.toml").write_text(dump_toml(cfg.to_dict()), encoding="utf-8")  # overrides now apply
+            _truncate_metrics(out / "metrics.csv", step)  # rows past the checkpoint are being redone
+            log(f"resuming {out} from step {step}")
+    elif main_rank:
         out.mkdir(parents=True, exist_ok=True)
-        _write_run_files(out, cfg, mcfg, manifest, params)
+        _write_run_files(out, cfg, mcfg, manifest, params, world)
 
     run_model = torch.compile(model) if cfg.compile else model
-    fpt = flops_per_token(mcfg)
-    metrics = _MetricsWriter(out / "metrics.csv")
-    bar = tqdm(total=total_steps, initial=step, disable=not progress, file=sys.stderr, unit="step", dynamic_ncols=True)
-    t_last, tokens_since = time.perf_counter(), 0
-    steps_this_call = 0
-    bad_steps = 0
+    if world > 1:
+        run_model = torch.nn.parallel.DistributedDataParallel(
+            run_model, device_ids=[device.index] if device.type == "cuda" else None)
+    peak, peak_source = peak_flops(device, cfg.peak_tflops or None)
+    meter = Meter(flops_per_token(mcfg), peak * world, total_steps, cfg.price, elapsed)
+    loggers = _Loggers(out, cfg, main_rank)
+    if main_rank:
+        log(f"{params['total']:,} parameters ({params['non_embedding']:,} non-embedding), {batch_tokens:,} tokens "
+            f"per step on {world} x {device}; MFU against {peak / 1e12:.2f} TFLOP/s ({peak_source})")
+    bar = tqdm(total=total_steps, initial=step, disable=not (progress and main_rank), file=sys.stderr,
+               unit="step", dynamic_ncols=True)
+    steps_this_call, bad_steps, final = 0, 0, None
     model.train()
-    while step < total_steps:
-        lr = lr_at(step, cfg, total_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss_sum = 0.0
-        for _ in range(accum):
-            x, y = loader.next()
-            with autocast:
-                _, loss = run_model(x, y)
-            (loss / accum).backward()
-            loss_sum += loss.item()
-        if cfg.grad_clip > 0:
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        else:
-            norm = torch.tensor(0.0)
-        train_loss = loss_sum / accum
-        if not (math.isfinite(train_loss) and math.isfinite(float(norm))):
-            # A non-finite loss or gradient would poison the weights: skip this step's update.
-            optimizer.zero_grad(set_to_none=True)
-            bad_steps += 1
-            if bad_steps >= 5:
-                raise UserError(f"loss or gradients were not finite for {bad_steps} steps in a row at step {step}: "
-                                f"lower lr (now {cfg.lr}) or use dtype = \"fp32\"")
-            log(f"step {step}: non-finite loss or gradient, update skipped")
-        else:
-            bad_steps = 0
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        step += 1
-        steps_this_call += 1
-        now = time.perf_counter()
-        elapsed += now - t_last
-        tokens_since += batch_tokens
-        tps = batch_tokens / max(1e-9, now - t_last)
-        t_last = now
-        row = {"step": step, "tokens": step * batch_tokens, "elapsed_s": round(elapsed, 3), "lr": lr,
-               "train_loss": train_loss, "tokens_per_s": round(tps, 1)}
-        last = step == total_steps
-        ckpt_every = cfg.checkpoint_interval or cfg.eval_interval
-        if step % cfg.eval_interval == 0 or last:
-            ev = evaluate_tokens(model, val_tokens, token_bytes, cfg.micro_batch,
-                                 None if last else cfg.eval_tokens, autocast)
-            row.update(val_loss=ev["loss"], val_bpb=ev["bpb"])
-            final = ev
-            best_val = min(best_val, ev["loss"])
-            msg = (f"step {step}/{total_steps}  train {train_loss:.4f}  val {ev['loss']:.4f}  "
-                   f"bpb {ev['bpb']:.3f}  {tps:,.0f} tok/s  {fpt * tps / 1e9:.1f} GFLOP/s")
-            bar.write(msg, file=sys.stderr) if progress else log(msg)
-            if cfg.sample_tokens > 0:
-                _write_sample(out, model, tok, step, cfg, mcfg)
-        metrics.write(row)
-        bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tps:,.0f}")
-        bar.update(1)
-        interrupted = stop_after is not None and steps_this_call >= stop_after
-        if step % ckpt_every == 0 or last or interrupted:
-            state = {"tokens": step * batch_tokens, "elapsed_s": elapsed, "best_val_loss": best_val,
-                     "total_steps": total_steps}
-            save_checkpoint(out, step, model, optimizer, loader.gen.get_state(), state, cfg.keep_checkpoints)
-            t_last = time.perf_counter()  # checkpoint time isn't training time
-        if interrupted and not last:
-            bar.close()
-            return {"step": step, "finished": False, "run_dir": str(out)}
+    with _Preemption() as preempt:
+        t_last = time.perf_counter()
+        while step < total_steps:
+            lr = lr_at(step, cfg, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            train_loss, finite = _train_step(run_model, model, optimizer, loader, autocast, cfg.grad_clip, world)
+            if not finite:
+                bad_steps += 1
+                if bad_steps >= MAX_BAD_STEPS:
+                    raise UserError(f"loss or gradients were not finite for {bad_steps} steps in a row at step "
+                                    f"{step}: lower lr (now {cfg.lr}) or use dtype = \"fp32\"")
+                if main_rank:
+                    log(f"step {step}: non-finite loss or gradient, update skipped")
+            else:
+                bad_steps = 0
+            step += 1
+            steps_this_call += 1
+            now = time.perf_counter()
+            meter.step(batch_tokens, now - t_last)
+            spent, projected = meter.cost(step)
+            row = {"step": step, "tokens": step * batch_tokens, "elapsed_s": round(meter.elapsed, 3), "lr": lr,
+                   "train_loss": train_loss, "tokens_per_s": round(meter.tokens_per_s, 1),
+                   "mfu": round(meter.mfu, 4), "cost_usd": round(spent, 4) if cfg.price else ""}
+            last = step == total_steps
+            if main_rank and (step % cfg.eval_interval == 0 or last):
+                ev = evaluate_tokens(model, val_tokens, token_bytes, cfg.micro_batch,
+                                     None if last else cfg.eval_tokens, autocast)
+                row.update(val_loss=ev["loss"], val_bpb=ev["bpb"])
+                final, best_val = ev, min(best_val, ev["loss"])
+                msg = (f"step {step}/{total_steps}  train {train_loss:.4f}  val {ev['loss']:.4f}  "
+                       f"bpb {ev['bpb']:.3f}  {meter.tokens_per_s:,.0f} tok/s  MFU {meter.mfu:.1%}"
+                       + (f"  ${spent:.2f} of ~${projected:.2f}" if cfg.price else ""))
+                bar.write(msg, file=sys.stderr) if progress else log(msg)
+                if cfg.sample_tokens > 0:
+                    _write_sample(out, model, tok, step, cfg, mcfg)
+            if main_rank:
+                loggers.write(row)
+                bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{meter.tokens_per_s:,.0f}", mfu=f"{meter.mfu:.1%}")
+                bar.update(1)
+            stopping = _agree(preempt.requested or (stop_after is not None and steps_this_call >= stop_after),
+                              world, device)
+            if step % (cfg.checkpoint_interval or cfg.eval_interval) == 0 or last or stopping:
+                if main_rank:
+                    state = {"tokens": step * batch_tokens, "elapsed_s": meter.elapsed, "best_val_loss": best_val,
+                             "total_steps": total_steps, "world_size": world}
+                    save_checkpoint(out, step, model, optimizer, loader.gen.get_state(), state, cfg.keep_checkpoints)
+                if world > 1:
+                    dist.barrier()
+            if stopping and not last:
+                bar.close()
+                loggers.close()
+                if main_rank:
+                    log(f"stopped at step {step}, checkpoint written: continue with homegpt train {out} --resume")
+                return {"step": step, "finished": False, "preempted": preempt.requested, "run_dir": str(out)}
+            t_last = time.perf_counter()  # evaluation and checkpoint time isn't training time
     bar.close()
-    if steps_this_call == 0:  # resumed a finished run: nothing trained in this call, evaluate anyway
+    loggers.close()
+    if not main_rank:
+        return {}
+    if final is None or steps_this_call == 0:  # resumed a finished run: evaluate anyway
         final = evaluate_tokens(model, val_tokens, token_bytes, cfg.micro_batch, None, autocast)
     result = {
         "run_dir": str(out),
@@ -258,9 +329,10 @@ def train(
         "params": params["total"],
         "params_non_embedding": params["non_embedding"],
         "tokens_trained": step * batch_tokens,
-        "train_seconds": round(elapsed, 2),
-        "train_tokens_per_s": round(step * batch_tokens / max(1e-9, elapsed), 1),
+        "train_seconds": round(meter.elapsed, 2),
+        "train_tokens_per_s": round(step * batch_tokens / max(1e-9, meter.elapsed), 1),
         "epochs": round(step * batch_tokens / manifest["splits"]["train"]["tokens"], 3),
+        "world_size": world,
     }
     (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     from homegpt.plot import plot_loss_curve
@@ -269,14 +341,45 @@ def train(
     return result
 
 
-def _read_run_config(out: Path) -> dict:
+def _train_step(run_model, model, optimizer, loader: Loader, autocast, grad_clip: float, world: int):
+    """One optimizer step over this rank's micro-batches; returns (mean loss over all ranks, finite?)."""
+    batches = loader.next_step()
+    loss_sum = torch.zeros((), device=next(model.parameters()).device)
+    for i, (x, y) in enumerate(batches):
+        # DDP: all-reduce gradients only on the last micro-batch of the step.
+        sync = world == 1 or i == len(batches) - 1
+        with (nullcontext() if sync else run_model.no_sync()), autocast:
+            _, loss = run_model(x, y)
+        (loss / len(batches)).backward()
+        loss_sum += loss.detach()
+    if world > 1:
+        dist.all_reduce(loss_sum)
+    train_loss = float(loss_sum) / (len(batches) * world)
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
+    finite = math.isfinite(train_loss) and math.isfinite(float(norm))
+    if finite:  # a non-finite loss or gradient would poison the weights: skip the update
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return train_loss, finite
+
+
+def _agree(flag: bool, world: int, device: torch.device) -> bool:
+    """True on every rank if any rank says so (a signal may reach only one of them)."""
+    if world == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def _read_run_info(out: Path) -> dict:
     try:
         return json.loads((out / "run.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         raise UserError(f"{out}/run.json is missing or damaged: cannot resume") from None
 
 
-def _write_run_files(out: Path, cfg: TrainConfig, mcfg: GPTConfig, manifest: dict, params: dict) -> None:
+def _write_run_files(out: Path, cfg: TrainConfig, mcfg: GPTConfig, manifest: dict, params: dict, world: int) -> None:
     shutil.copyfile(Path(cfg.data_dir) / "tokenizer.json", out / "tokenizer.json")
     (out / "config.toml").write_text(dump_toml(cfg.to_dict()), encoding="utf-8")
     info = {
@@ -289,30 +392,75 @@ def _write_run_files(out: Path, cfg: TrainConfig, mcfg: GPTConfig, manifest: dic
         "tokenizer_sha256": manifest["tokenizer_sha256"],
         "dtype": cfg.dtype,
         "eot": EOT,
+        "world_size": world,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() and cfg.device != "cpu" else "cpu",
     }
     (out / "run.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    assert file_sha256(out / "tokenizer.json") == manifest["tokenizer_sha256"]
 
 
-class _MetricsWriter:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        if not path.exists():
-            with open(path, "w", newline="") as f:
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop rows logged after the checkpoint being resumed (a crash can leave some)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, METRICS_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)
+
+
+class _Loggers:
+    """metrics.csv always; TensorBoard and Weights & Biases when the config asks for them."""
+
+    def __init__(self, out: Path, cfg: TrainConfig, active: bool) -> None:
+        self.path, self.active, self.tb, self.wandb = out / "metrics.csv", active, None, None
+        if not active:
+            return
+        if not self.path.exists():
+            with open(self.path, "w", newline="") as f:
                 csv.DictWriter(f, METRICS_FIELDS).writeheader()
+        if cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise UserError("tensorboard = true needs the tensorboard package: pip install tensorboard") from None
+            self.tb = SummaryWriter(str(out / "tensorboard"))
+        if cfg.wandb_project:
+            try:
+                import wandb
+            except ImportError:
+                raise UserError("wandb_project is set but wandb is not installed: pip install wandb") from None
+            self.wandb = wandb.init(project=cfg.wandb_project, config=cfg.to_dict(), dir=str(out))
 
     def write(self, row: dict) -> None:
+        if not self.active:
+            return
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, METRICS_FIELDS).writerow(row)
+        numbers = {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))}
+        if self.tb is not None:
+            for key, value in numbers.items():
+                self.tb.add_scalar(key, value, row["step"])
+        if self.wandb is not None:
+            self.wandb.log(numbers, step=row["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
 
 
 def _write_sample(out: Path, model: GPT, tok, step: int, cfg: TrainConfig, mcfg: GPTConfig) -> None:
-    """A short greedy-free sample (fixed seed, so samples at different steps are comparable)."""
+    """A short sample from a fixed seed, so samples at different steps are comparable."""
     from homegpt.sample import generate_text
 
     n = min(cfg.sample_tokens, mcfg.block_size - 8)
     # The sample uses its own generator, so the training RNG stream (and exact resume) is untouched.
-    text = generate_text(model, tok, cfg.sample_prompt, n, temperature=0.8, top_k=50, seed=cfg.seed)
+    text = generate_text(_unwrap(model), tok, cfg.sample_prompt, n, temperature=0.8, top_k=50, seed=cfg.seed)
     with open(out / "samples.txt", "a", encoding="utf-8") as f:
         f.write(f"--- step {step}\n{cfg.sample_prompt}{text}\n")
     model.train()
