@@ -21,7 +21,6 @@ import json
 import os
 import random
 import shutil
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from homegpt.device import autocast_for, pick_device
 from homegpt.errors import UserError
 from homegpt.model import GPT, GPTConfig
 
@@ -165,32 +165,6 @@ def load_weights(model: GPT, weights: dict[str, torch.Tensor], where: Path) -> N
             raise UserError(f"{where}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}: "
                             f"the tokenizer or config does not match this checkpoint")
     _unwrap(model).load_state_dict(weights, strict=False)
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but no CUDA GPU is available: use --device cpu")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError("--device mps asked for, but MPS is not available: use --device cpu")
-    return dev
-
-
-def autocast_for(device: torch.device, dtype: str = "auto"):
-    """bf16 autocast on CUDA GPUs that support it (or when asked), fp32 otherwise."""
-    use_bf16 = dtype == "bf16" or (dtype == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
-    if use_bf16:
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return nullcontext()
 
 
 @dataclass

@@ -28,7 +28,7 @@ class TrainConfig:
     bias: bool = True
     # --- optimisation: AdamW, linear warmup then cosine decay to min_lr_ratio * lr
     batch_tokens: int = 16384  # tokens per optimizer step (micro-batches are accumulated to reach it)
-    micro_batch: int = 16  # sequences per forward/backward pass
+    micro_batch: int = 16  # sequences per forward/backward pass; 0 = the largest that fits (probed on GPUs)
     max_steps: int = 200  # optimizer steps; ignored when max_tokens > 0
     max_tokens: int = 0  # train on this many tokens (steps = max_tokens / batch_tokens, rounded up)
     lr: float = 1e-3
@@ -47,8 +47,9 @@ class TrainConfig:
     sample_prompt: str = ""  # prompt for those samples ("" = start from end-of-text)
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    dtype: str = "auto"  # auto (bf16 autocast on CUDA where supported, else fp32) | fp32 | bf16
-    compile: bool = False  # torch.compile the model
+    # auto: CUDA bf16 where supported, else fp16 with loss scaling; CPU/MPS fp32. Or fp32 | bf16 | fp16.
+    dtype: str = "auto"
+    compile: str = "auto"  # torch.compile the model: auto (on for CUDA) | on | off
     # --- the live meter and loggers
     price: float = 0.0  # USD per device-hour (all devices of the run together): shows dollars spent/projected
     peak_tflops: float = 0.0  # the device's peak for MFU; 0 = GPU table, or a measured matmul rate on CPU
@@ -66,6 +67,9 @@ class TrainConfig:
         base.update(vocab_size=vocab_size, dropout=self.dropout, bias=self.bias)
         return GPTConfig(**base)
 
+    def compile_enabled(self, device) -> bool:
+        return self.compile == "on" or (self.compile == "auto" and device.type == "cuda")
+
     def total_steps(self) -> int:
         if self.max_tokens > 0:
             return max(1, -(-self.max_tokens // self.batch_tokens))
@@ -74,7 +78,7 @@ class TrainConfig:
     def validate(self) -> None:
         if self.preset and self.preset not in PRESETS:
             raise UserError(f"unknown preset {self.preset!r}{closest(self.preset, PRESETS)}")
-        positive = ("batch_tokens", "micro_batch", "eval_interval", "eval_tokens", "keep_checkpoints")
+        positive = ("batch_tokens", "eval_interval", "eval_tokens", "keep_checkpoints")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise UserError(f"{name} must be positive, got {getattr(self, name)}")
@@ -86,8 +90,13 @@ class TrainConfig:
             raise UserError(f"lr must be positive, got {self.lr}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise UserError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.dtype not in ("auto", "fp32", "bf16"):
-            raise UserError(f"dtype must be auto, fp32 or bf16, got {self.dtype!r}")
+        if self.micro_batch < 0:
+            raise UserError(f"micro_batch must be >= 0 (0 = automatic), got {self.micro_batch}")
+        if self.dtype not in ("auto", "fp32", "bf16", "fp16"):
+            raise UserError(f"dtype must be auto, fp32, bf16 or fp16, got {self.dtype!r}")
+        self.compile = {"true": "on", "false": "off"}.get(str(self.compile).lower(), str(self.compile).lower())
+        if self.compile not in ("auto", "on", "off"):
+            raise UserError(f"compile must be auto, on or off, got {self.compile!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -32,16 +32,22 @@ from tqdm import tqdm
 from homegpt import __version__
 from homegpt.checkpoint import (
     _unwrap,
-    autocast_for,
     checkpoint_dirs,
     load_optimizer_tensors,
     load_weights,
-    pick_device,
     read_checkpoint,
     restore_rng,
     save_checkpoint,
 )
 from homegpt.config import TrainConfig, dump_toml
+from homegpt.device import (
+    autocast_for,
+    enable_fast_matmul,
+    find_micro_batch,
+    is_out_of_memory,
+    make_scaler,
+    pick_device,
+)
 from homegpt.errors import UserError
 from homegpt.evaluate import evaluate_tokens
 from homegpt.meter import Meter, peak_flops
@@ -211,28 +217,37 @@ def train(
         box = [str(resume_from) if resume_from else ""]
         dist.broadcast_object_list(box, src=0)
         resume_from = Path(box[0]) if box[0] else None
+    enable_fast_matmul(device)
     autocast = autocast_for(device, cfg.dtype)
+    scaler = make_scaler(device, cfg.dtype)
     tok = load_tokenizer(Path(cfg.data_dir) / "tokenizer.json")
     _seed_everything(cfg.seed)
     model = GPT(mcfg).to(device)
     optimizer = make_optimizer(model, cfg, device)
-    tokens_per_micro = cfg.micro_batch * mcfg.block_size
+    ckpt = read_checkpoint(resume_from) if resume_from is not None else None
+    micro = cfg.micro_batch or (ckpt[3].get("micro_batch", 0) if ckpt else 0)
+    micro = micro or auto_micro_batch(model, cfg, mcfg, device, autocast, world)
+    if main_rank and not cfg.micro_batch:
+        log(f"micro_batch = {micro} (chosen automatically for {device})")
+    tokens_per_micro = micro * mcfg.block_size
     accum = max(1, round(cfg.batch_tokens / (tokens_per_micro * world)))
     batch_tokens = accum * tokens_per_micro * world  # what a step really holds (whole windows)
     total_steps = cfg.total_steps()
-    loader = Loader(open_split(cfg.data_dir, "train", manifest), mcfg.block_size, cfg.micro_batch, accum,
+    loader = Loader(open_split(cfg.data_dir, "train", manifest), mcfg.block_size, micro, accum,
                     cfg.seed, device, rank, world)
     val_tokens = open_split(cfg.data_dir, "val", manifest)
     token_bytes = torch.tensor(token_byte_lengths(tok, mcfg.vocab_size), dtype=torch.long)
     params = count_params(mcfg)
 
     step, elapsed, best_val = 0, 0.0, float("inf")
-    if resume_from is not None:
-        weights, optim, rng, state = read_checkpoint(resume_from)
+    if ckpt is not None:
+        weights, optim, rng, state = ckpt
         load_weights(model, weights, resume_from)
         load_optimizer_tensors(model, optimizer, optim)
         restore_rng(state, rng)
         loader.gen.set_state(rng["loader"])
+        if scaler is not None and "grad_scaler" in state:
+            scaler.load_state_dict(state["grad_scaler"])
         step, elapsed, best_val = state["step"], state["elapsed_s"], state.get("best_val_loss", float("inf"))
         if main_rank:
             (out / "config.toml").write_text(dump_toml(cfg.to_dict()), encoding="utf-8")  # overrides now apply
@@ -242,7 +257,7 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
         _write_run_files(out, cfg, mcfg, manifest, params, world)
 
-    run_model = torch.compile(model) if cfg.compile else model
+    run_model = torch.compile(model) if cfg.compile_enabled(device) else model
     if world > 1:
         run_model = torch.nn.parallel.DistributedDataParallel(
             run_model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -262,7 +277,8 @@ def train(
             lr = lr_at(step, cfg, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            train_loss, finite = _train_step(run_model, model, optimizer, loader, autocast, cfg.grad_clip, world)
+            train_loss, finite = _train_step(run_model, model, optimizer, scaler, loader, autocast, cfg.grad_clip,
+                                             world)
             if not finite:
                 bad_steps += 1
                 if bad_steps >= MAX_BAD_STEPS:
@@ -282,7 +298,7 @@ def train(
                    "mfu": round(meter.mfu, 4), "cost_usd": round(spent, 4) if cfg.price else ""}
             last = step == total_steps
             if main_rank and (step % cfg.eval_interval == 0 or last):
-                ev = evaluate_tokens(model, val_tokens, token_bytes, cfg.micro_batch,
+                ev = evaluate_tokens(model, val_tokens, token_bytes, micro,
                                      None if last else cfg.eval_tokens, autocast)
                 row.update(val_loss=ev["loss"], val_bpb=ev["bpb"])
                 final, best_val = ev, min(best_val, ev["loss"])
@@ -301,7 +317,9 @@ def train(
             if step % (cfg.checkpoint_interval or cfg.eval_interval) == 0 or last or stopping:
                 if main_rank:
                     state = {"tokens": step * batch_tokens, "elapsed_s": meter.elapsed, "best_val_loss": best_val,
-                             "total_steps": total_steps, "world_size": world}
+                             "total_steps": total_steps, "world_size": world, "micro_batch": micro}
+                    if scaler is not None:
+                        state["grad_scaler"] = scaler.state_dict()
                     save_checkpoint(out, step, model, optimizer, loader.gen.get_state(), state, cfg.keep_checkpoints)
                 if world > 1:
                     dist.barrier()
@@ -317,7 +335,7 @@ def train(
     if not main_rank:
         return {}
     if final is None or steps_this_call == 0:  # resumed a finished run: evaluate anyway
-        final = evaluate_tokens(model, val_tokens, token_bytes, cfg.micro_batch, None, autocast)
+        final = evaluate_tokens(model, val_tokens, token_bytes, micro, None, autocast)
     result = {
         "run_dir": str(out),
         "finished": True,
@@ -341,7 +359,7 @@ def train(
     return result
 
 
-def _train_step(run_model, model, optimizer, loader: Loader, autocast, grad_clip: float, world: int):
+def _train_step(run_model, model, optimizer, scaler, loader: Loader, autocast, grad_clip: float, world: int):
     """One optimizer step over this rank's micro-batches; returns (mean loss over all ranks, finite?)."""
     batches = loader.next_step()
     loss_sum = torch.zeros((), device=next(model.parameters()).device)
@@ -350,17 +368,70 @@ def _train_step(run_model, model, optimizer, loader: Loader, autocast, grad_clip
         sync = world == 1 or i == len(batches) - 1
         with (nullcontext() if sync else run_model.no_sync()), autocast:
             _, loss = run_model(x, y)
-        (loss / len(batches)).backward()
+        scaled = loss / len(batches)
+        (scaler.scale(scaled) if scaler is not None else scaled).backward()
         loss_sum += loss.detach()
     if world > 1:
         dist.all_reduce(loss_sum)
     train_loss = float(loss_sum) / (len(batches) * world)
+    if scaler is not None:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
-    finite = math.isfinite(train_loss) and math.isfinite(float(norm))
-    if finite:  # a non-finite loss or gradient would poison the weights: skip the update
-        optimizer.step()
+    if scaler is not None:
+        # fp16: the scaler skips steps with inf/nan gradients itself and lowers the scale, which is routine
+        # while it calibrates; only a non-finite loss counts as a bad step.
+        scaler.step(optimizer)
+        scaler.update()
+        finite = math.isfinite(train_loss)
+    else:
+        finite = math.isfinite(train_loss) and math.isfinite(float(norm))
+        if finite:  # a non-finite loss or gradient would poison the weights: skip the update
+            optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return train_loss, finite
+
+
+def auto_micro_batch(model: GPT, cfg: TrainConfig, mcfg: GPTConfig, device: torch.device, autocast,
+                     world: int) -> int:
+    """The largest micro-batch that fits: probed with real forward/backward passes on a GPU.
+
+    Never more than one step's worth of sequences per rank; on CPU and MPS (no out-of-memory signal worth
+    probing: they swap) at most 16. Probing runs in eval mode on a private generator, so it draws nothing
+    from the RNGs the run depends on. All ranks take the smallest choice.
+    """
+    largest = max(1, cfg.batch_tokens // (mcfg.block_size * world))
+    if device.type != "cuda":
+        chosen = find_micro_batch(lambda n: True, min(16, largest))
+    else:
+        gen = torch.Generator(device=device).manual_seed(0)
+
+        n_params = sum(p.numel() for p in model.parameters())
+
+        def fits(n: int) -> bool:
+            x = torch.randint(0, mcfg.vocab_size, (n, mcfg.block_size), device=device, generator=gen)
+            model.eval()
+            try:
+                # AdamW's two moments don't exist until the first step: hold their memory during the probe.
+                moments = torch.empty(2 * n_params, device=device)  # noqa: F841
+                with autocast:
+                    _, loss = model(x, x)
+                loss.backward()
+                return True
+            except RuntimeError as e:
+                if not is_out_of_memory(e):
+                    raise
+                return False
+            finally:
+                model.zero_grad(set_to_none=True)
+                model.train()
+                torch.cuda.empty_cache()
+
+        chosen = find_micro_batch(fits, largest)
+    if world > 1:
+        t = torch.tensor([chosen], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        chosen = int(t.item())
+    return chosen
 
 
 def _agree(flag: bool, world: int, device: torch.device) -> bool:
@@ -473,7 +544,8 @@ def measure_throughput(cfg: TrainConfig, vocab_size: int, steps: int = 3, device
     autocast = autocast_for(dev, cfg.dtype)
     model = GPT(mcfg).to(dev)
     optimizer = make_optimizer(model, cfg, dev)
-    x = torch.randint(0, vocab_size, (cfg.micro_batch, mcfg.block_size), device=dev)
+    micro = cfg.micro_batch or 16
+    x = torch.randint(0, vocab_size, (micro, mcfg.block_size), device=dev)
     times = []
     for i in range(steps + 1):  # the first step warms up allocators and kernels: not timed
         if dev.type == "cuda":
@@ -488,6 +560,6 @@ def measure_throughput(cfg: TrainConfig, vocab_size: int, steps: int = 3, device
             torch.cuda.synchronize()
         if i:
             times.append(time.perf_counter() - t)
-    tps = cfg.micro_batch * mcfg.block_size / (sum(times) / len(times))
+    tps = micro * mcfg.block_size / (sum(times) / len(times))
     return {"tokens_per_s": tps, "flops_per_s": tps * flops_per_token(mcfg), "device": str(dev),
             "params": count_params(mcfg)["total"]}
