@@ -74,6 +74,8 @@ def evaluate_run(run_dir: str | Path, source: str | None = None, batch_size: int
 
     run = load_run(run_dir, device=device)
     if source is None:
+        if not run.data_dir:
+            raise UserError(f"run {run_dir} records no data directory (an imported model?): pass --data SOURCE")
         tokens = open_split(run.data_dir, "val")
         name = f"{run.data_source} (held-out split)"
     else:

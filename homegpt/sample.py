@@ -1,19 +1,67 @@
-"""Text generation from a trained model, streamed to the terminal as it is produced.
+"""Text generation from a trained model: batched prompts, stop strings, repetition penalty, streaming.
 
 The prompt is preceded by <|endoftext|>, as every training document is, so the model starts as it would
-at the beginning of a document. Generation stops at <|endoftext|> or after max_new_tokens.
+at the beginning of a document. A row stops at <|endoftext|>, at a stop string, or after max_new_tokens.
+
+Decoding runs its own loop over the model's modules (`Decoder`) rather than `GPT.forward`: one preallocated
+key/value cache for the whole batch, the prompt run once, then one position per step with no per-step
+allocation beyond the step's activations, under `torch.inference_mode`. Prompts of different lengths share a
+batch by left-padding: each row's positions are offset so its real tokens sit at positions 0, 1, 2, ... (as
+they would alone), and the padding is masked out of every attention, so a row's tokens do not depend on
+what else is in the batch. Sampling draws each row from its own seeded generator for the same reason.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from homegpt.errors import UserError
-from homegpt.model import GPT
+from homegpt.model import GPT, sample_next
 from homegpt.tokenizer import EOT
+
+DEFAULT_BATCH = 16  # rows per forward pass when many prompts are given
+
+
+@dataclass
+class SampleOptions:
+    max_new_tokens: int = 200
+    temperature: float = 0.8  # 0 = greedy
+    top_k: int | None = 50
+    top_p: float | None = None
+    repetition_penalty: float = 1.0  # > 1 discourages tokens already in the prompt or the output (CTRL)
+    stop: tuple[str, ...] = ()  # the output is cut before the first of these strings
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.temperature < 0:
+            raise UserError(f"--temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise UserError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens <= 0:
+            raise UserError(f"--max-new-tokens must be positive, got {self.max_new_tokens}")
+        if not self.repetition_penalty > 0:
+            raise UserError(f"--repetition-penalty must be positive (1 = off), got {self.repetition_penalty}")
+        if any(s == "" for s in self.stop):
+            raise UserError("--stop needs a non-empty string")
+
+
+@dataclass
+class Completion:
+    prompt: str
+    text: str  # the continuation, without the prompt, cut before a stop string
+    finish_reason: str  # "stop" (a stop string), "eot" (<|endoftext|>) or "length"
+    new_tokens: int
+    seed: int
+    tokens: list[int] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict:
+        return {"prompt": self.prompt, "text": self.text, "finish_reason": self.finish_reason,
+                "new_tokens": self.new_tokens, "seed": self.seed}
 
 
 def encode_prompt(tok, prompt: str, block_size: int, max_new_tokens: int) -> list[int]:
@@ -24,6 +72,245 @@ def encode_prompt(tok, prompt: str, block_size: int, max_new_tokens: int) -> lis
             f"model's context of {block_size} tokens: shorten the prompt or lower --max-new-tokens"
         )
     return ids
+
+
+# --------------------------------------------------------------------------------------------- decoding
+
+
+class Decoder:
+    """A batch's forward passes over the model's own weights, with a preallocated key/value cache.
+
+    rows are token-id lists of any lengths (each <= the model's context); the batch is left-padded to the
+    longest. Call prefill() once, then step(tokens) per new token; both return the (B, vocab) logits of each
+    row's last position.
+    """
+
+    def __init__(self, model: GPT, rows: list[list[int]], max_new_tokens: int) -> None:
+        cfg = model.config
+        self.cfg = cfg
+        self.device = model.transformer.wte.weight.device
+        if not rows or min(len(r) for r in rows) == 0:
+            raise UserError("every row needs at least one token (the start marker)")
+        lengths = torch.tensor([len(r) for r in rows], device=self.device)
+        longest = int(lengths.max())
+        if longest + max_new_tokens > cfg.block_size:  # positions are per row: only the longest row can overflow
+            raise UserError(f"a prompt of {longest} tokens + {max_new_tokens} new tokens exceeds the "
+                            f"model's context of {cfg.block_size} tokens")
+        self.batch, self.width = len(rows), longest
+        self.capacity = longest + max_new_tokens
+        pad = longest - lengths  # left padding of each row
+        slots = torch.arange(self.capacity, device=self.device)
+        # Row b's token in cache slot j sits at position j - pad[b]: the same positions as if it ran alone.
+        self.positions = (slots[None, :] - pad[:, None]).clamp(min=0)
+        self.padded = bool((pad > 0).any())
+        self.key_valid = (slots[None, :] >= pad[:, None])[:, None, None, :]  # (B, 1, 1, capacity)
+        ids = torch.zeros(self.batch, longest, dtype=torch.long, device=self.device)
+        for b, r in enumerate(rows):
+            ids[b, longest - len(r):] = torch.tensor(r, dtype=torch.long)
+        self.prompt_ids = ids
+        self.filled = 0
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+        t = model.transformer
+        # Plain tensors, looked up once: attribute access per layer and step is measurable at batch 1 on CPU.
+        self.layers = [
+            (blk.ln_1.weight, blk.ln_1.bias, blk.ln_1.eps, blk.attn.c_attn.weight, blk.attn.c_attn.bias,
+             blk.attn.c_proj.weight, blk.attn.c_proj.bias, blk.ln_2.weight, blk.ln_2.bias, blk.ln_2.eps,
+             blk.mlp.c_fc.weight, blk.mlp.c_fc.bias, blk.mlp.c_proj.weight, blk.mlp.c_proj.bias)
+            for blk in t.h
+        ]
+        self.wte, self.wpe = t.wte.weight, t.wpe.weight
+        self.ln_f = (t.ln_f.weight, t.ln_f.bias, t.ln_f.eps)
+        self.head = model.lm_head.weight
+
+    def prefill(self) -> torch.Tensor:
+        t = self.width
+        mask = None
+        if self.padded:  # causal within the prompt, padding never attended (a pad query sees itself: no NaN)
+            causal = torch.ones(t, t, dtype=torch.bool, device=self.device).tril()
+            mask = (causal[None, None] & self.key_valid[..., :t]) | torch.eye(t, dtype=torch.bool,
+                                                                                device=self.device)
+        return self._forward(self.prompt_ids, mask, causal=not self.padded)
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens: (B, 1) the tokens just chosen; returns the logits for the next ones."""
+        if self.filled >= self.capacity:
+            raise UserError("the decoder's cache is full: lower max_new_tokens")
+        mask = self.key_valid[..., : self.filled + 1] if self.padded else None
+        return self._forward(tokens, mask, causal=False)
+
+    def _forward(self, idx: torch.Tensor, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
+        B, T = idx.shape
+        C, H = self.cfg.n_embd, self.cfg.n_head
+        start, end = self.filled, self.filled + T
+        x = F.embedding(idx, self.wte) + F.embedding(self.positions[:, start:end], self.wpe)
+        for i, (w1, b1, e1, wa, ba, wp, bp, w2, b2, e2, wf, bf, wo, bo) in enumerate(self.layers):
+            h = F.layer_norm(x, (C,), w1, b1, e1)
+            q, k, v = F.linear(h, wa, ba).view(B, T, 3, H, C // H).permute(2, 0, 3, 1, 4)
+            if self.k is None:  # allocated on first use, in the dtype autocast gives the projections
+                shape = (len(self.layers), B, H, self.capacity, C // H)
+                self.k = torch.empty(shape, dtype=k.dtype, device=k.device)
+                self.v = torch.empty(shape, dtype=v.dtype, device=v.device)
+            self.k[i, :, :, start:end] = k
+            self.v[i, :, :, start:end] = v
+            y = F.scaled_dot_product_attention(q, self.k[i, :, :, :end], self.v[i, :, :, :end], attn_mask=mask,
+                                               is_causal=causal and T > 1)
+            x = x + F.linear(y.transpose(1, 2).reshape(B, T, C), wp, bp)
+            h = F.layer_norm(x, (C,), w2, b2, e2)
+            x = x + F.linear(F.gelu(F.linear(h, wf, bf), approximate="tanh"), wo, bo)
+        self.filled = end
+        w, b, e = self.ln_f
+        return F.linear(F.layer_norm(x[:, -1], (C,), w, b, e), self.head)  # only the last position is needed
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL's penalty (Keskar et al. 2019), as transformers applies it: seen tokens' logits are divided by
+    the penalty when positive and multiplied by it when negative, so they always become less likely."""
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalised, logits)
+
+
+@torch.inference_mode()
+def generate_ids(
+    model: GPT,
+    rows: list[list[int]],
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seeds: list[int] | None = None,
+    repetition_penalty: float = 1.0,
+    vocab_limit: int | None = None,
+    penalty_skip: int = 0,
+) -> Iterator[torch.Tensor]:
+    """Yield a (B, 1) tensor of next tokens per step; the caller stops iterating when it has enough.
+
+    seeds: one per row (sampling only). vocab_limit: ids at or above it (the vocabulary's padding) are never
+    chosen. penalty_skip: how many leading tokens of each row the repetition penalty ignores (the start marker).
+    """
+    model.eval()
+    dec = Decoder(model, rows, max_new_tokens)
+    gens = None
+    if temperature > 0:
+        gens = [torch.Generator(device=dec.device).manual_seed(s) for s in (seeds or [0] * len(rows))]
+    seen = None
+    if repetition_penalty != 1.0:
+        seen = torch.zeros(len(rows), model.config.vocab_size, dtype=torch.bool, device=dec.device)
+        for b, r in enumerate(rows):
+            seen[b, r[penalty_skip:]] = True
+    logits = dec.prefill()
+    for n in range(max_new_tokens):
+        logits = logits.float()
+        if vocab_limit is not None and vocab_limit < logits.size(-1):
+            logits[:, vocab_limit:] = float("-inf")
+        if seen is not None:
+            logits = apply_repetition_penalty(logits, seen, repetition_penalty)
+        if gens is None:
+            nxt = logits.argmax(dim=-1, keepdim=True)
+        else:  # row by row, each from its own generator: a row's sample does not depend on its batch
+            nxt = torch.cat([sample_next(logits[b : b + 1], temperature, top_k, top_p, g) for b, g in enumerate(gens)])
+        if seen is not None:
+            seen.scatter_(1, nxt, True)
+        yield nxt
+        if n + 1 < max_new_tokens:
+            logits = dec.step(nxt)
+
+
+# --------------------------------------------------------------------------------------------- text
+
+
+def held_back(text: str, stops: tuple[str, ...]) -> int:
+    """How many trailing characters might be the start of a stop string (not safe to show yet)."""
+    keep = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), keep, -1):
+            if text.endswith(s[:n]):
+                keep = n
+                break
+    return keep
+
+
+def find_stop(text: str, stops: tuple[str, ...], search_from: int = 0) -> int:
+    """Index of the earliest stop string in text (at or after search_from), or -1."""
+    hits = [i for i in (text.find(s, search_from) for s in stops) if i >= 0]
+    return min(hits) if hits else -1
+
+
+class _Row:
+    """One row's progress: its new tokens, its text so far, and whether and why it ended."""
+
+    def __init__(self, prompt: str, seed: int) -> None:
+        self.prompt, self.seed = prompt, seed
+        self.tokens: list[int] = []
+        self.text = ""
+        self.finish: str | None = None
+
+
+def generate(
+    model: GPT,
+    tok,
+    prompts: list[str],
+    opts: SampleOptions,
+    seeds: list[int] | None = None,
+    on_text: Callable[[str], None] | None = None,
+) -> list[Completion]:
+    """Continuations of several prompts in one batch (seeds: one per prompt, default opts.seed for all).
+
+    on_text streams the text of a single prompt as it is produced (only with one prompt).
+    """
+    opts.validate()
+    if not prompts:
+        return []
+    if on_text is not None and len(prompts) != 1:
+        raise ValueError("streaming (on_text) needs exactly one prompt")
+    seeds = seeds or [opts.seed] * len(prompts)
+    block = model.config.block_size
+    rows_ids = [encode_prompt(tok, p, block, opts.max_new_tokens) for p in prompts]
+    eot = tok.token_to_id(EOT)
+    rows = [_Row(p, s) for p, s in zip(prompts, seeds, strict=True)]
+    longest_stop = max((len(s) for s in opts.stop), default=0)
+    shown = 0
+    steps = generate_ids(model, rows_ids, opts.max_new_tokens, opts.temperature, opts.top_k, opts.top_p, seeds,
+                         opts.repetition_penalty, vocab_limit=tok.get_vocab_size(), penalty_skip=1)
+    for nxt in steps:
+        for row, token in zip(rows, nxt[:, 0].tolist(), strict=True):
+            if row.finish is not None:
+                continue
+            if token == eot:
+                row.finish = "eot"
+                continue
+            row.tokens.append(token)
+            if opts.stop or on_text is not None:
+                before = len(row.text)
+                row.text = tok.decode(row.tokens)
+                cut = find_stop(row.text, opts.stop, max(0, before - longest_stop)) if opts.stop else -1
+                if cut >= 0:
+                    row.text, row.finish = row.text[:cut], "stop"
+        if on_text is not None:
+            shown = _stream(rows[0], opts.stop, shown, on_text)
+        if all(r.finish is not None for r in rows):
+            break
+    out = []
+    for row in rows:
+        if row.finish != "stop":
+            row.text = tok.decode(row.tokens)
+        out.append(Completion(row.prompt, row.text, row.finish or "length", len(row.tokens), row.seed, row.tokens))
+    if on_text is not None and len(out[0].text) > shown:
+        on_text(out[0].text[shown:])
+    return out
+
+
+def _stream(row: _Row, stops: tuple[str, ...], shown: int, on_text: Callable[[str], None]) -> int:
+    """Show what is certain: not a character cut mid-way (byte-level tokens), not a possible stop's start."""
+    text = row.text
+    if row.finish is None:
+        if text.endswith("\ufffd"):
+            return shown
+        text = text[: len(text) - held_back(text, stops)]
+    if len(text) > shown:
+        on_text(text[shown:])
+        return len(text)
+    return shown
 
 
 def generate_text(
@@ -38,28 +325,26 @@ def generate_text(
     on_text: Callable[[str], None] | None = None,
 ) -> str:
     """The continuation of `prompt` (without the prompt); on_text receives it piece by piece."""
-    model.eval()
-    ids = encode_prompt(tok, prompt, model.config.block_size, max_new_tokens)
-    device = next(model.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(seed)
-    eot = tok.token_to_id(EOT)
-    new: list[int] = []
-    shown = ""
-    idx = torch.tensor([ids], dtype=torch.long, device=device)
-    for t in model.generate(idx, max_new_tokens, temperature, top_k, top_p, gen, stop_token=eot):
-        token = int(t[0, 0])
-        if token == eot:
-            break
-        new.append(token)
-        text = tok.decode(new)
-        # Byte-level tokens can end mid-character: show text only once the character is complete.
-        if on_text is not None and not text.endswith("\ufffd"):
-            on_text(text[len(shown) :])
-            shown = text
-    text = tok.decode(new)
-    if on_text is not None and len(text) > len(shown):
-        on_text(text[len(shown) :])
-    return text
+    opts = SampleOptions(max_new_tokens, temperature, top_k, top_p, seed=seed)
+    return generate(model, tok, [prompt], opts, on_text=on_text)[0].text
+
+
+def generate_many(model: GPT, tok, prompts: list[str], opts: SampleOptions, num_samples: int = 1,
+                  batch_size: int = DEFAULT_BATCH) -> list[Completion]:
+    """num_samples continuations of each prompt (seeds opts.seed + i), in batches of similar lengths.
+
+    Returned prompt-major: all samples of the first prompt, then the second's, ...
+    """
+    jobs = [(p, opts.seed + i) for p in prompts for i in range(num_samples)]
+    # Sorting by length keeps padding (wasted positions) small; results go back in the asked order.
+    order = sorted(range(len(jobs)), key=lambda j: len(tok.encode(jobs[j][0]).ids))
+    out: list[Completion | None] = [None] * len(jobs)
+    for i in range(0, len(order), max(1, batch_size)):
+        chunk = order[i : i + batch_size]
+        done = generate(model, tok, [jobs[j][0] for j in chunk], opts, seeds=[jobs[j][1] for j in chunk])
+        for j, c in zip(chunk, done, strict=True):
+            out[j] = c
+    return out  # type: ignore[return-value]
 
 
 def sample_run(
@@ -73,24 +358,23 @@ def sample_run(
     num_samples: int = 1,
     device: str = "auto",
     on_text: Callable[[str], None] | None = None,
+    repetition_penalty: float = 1.0,
+    stop: tuple[str, ...] = (),
 ) -> list[str]:
+    """num_samples continuations of one prompt from a run's latest checkpoint (streamed through on_text)."""
     from homegpt.checkpoint import load_run
 
-    if temperature < 0:
-        raise UserError(f"--temperature must be >= 0 (0 = greedy), got {temperature}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise UserError(f"--top-p must be in (0, 1], got {top_p}")
-    if max_new_tokens <= 0:
-        raise UserError(f"--max-new-tokens must be positive, got {max_new_tokens}")
+    opts = SampleOptions(max_new_tokens, temperature, top_k, top_p, repetition_penalty, tuple(stop), seed)
+    opts.validate()
     run = load_run(run_dir, device=device)
     encode_prompt(run.tokenizer, prompt, run.model.config.block_size, max_new_tokens)  # check before output
-    out = []
-    for i in range(num_samples):
-        if on_text is not None:
-            on_text(prompt)
+    if on_text is None:
         with run.autocast:
-            out.append(generate_text(run.model, run.tokenizer, prompt, max_new_tokens, temperature, top_k, top_p,
-                                     seed + i, on_text))
-        if on_text is not None:
-            on_text("\n")
+            return [c.text for c in generate_many(run.model, run.tokenizer, [prompt], opts, num_samples)]
+    out = []
+    for i in range(num_samples):  # streamed: one sample at a time
+        on_text(prompt)
+        with run.autocast:
+            out.append(generate(run.model, run.tokenizer, [prompt], opts, seeds=[seed + i], on_text=on_text)[0].text)
+        on_text("\n")
     return out

@@ -1,0 +1,493 @@
+"""Export a run to a Hugging Face `transformers` folder, and import such a folder back into a run.
+
+homegpt's model is GPT-2's architecture with GPT-2's parameter names, so the conversion is small:
+transformers' GPT-2 stores its four projection matrices as `Conv1D` weights of shape (in, out), homegpt as
+`nn.Linear` weights of shape (out, in), so those four are transposed; everything else is copied. The head is
+tied to the token embedding in both, and is stored once. The vocabulary keeps homegpt's padded size (the
+tokenizer's size rounded up to 64): the padding rows are real, if untrained, rows of the embedding.
+
+    OUT/
+      config.json               GPT2LMHeadModel config (gelu_new = homegpt's tanh GELU, LayerNorm eps 1e-5)
+      model.safetensors         weights under transformers' names, fp32
+      generation_config.json    <|endoftext|> as bos/eos/pad, homegpt's default sampling settings
+      tokenizer.json            the run's tokenizer, byte for byte (its hash is how a run knows its tokenizer)
+      tokenizer_config.json, special_tokens_map.json
+      README.md                 the model card (card.py), loss.png
+      homegpt.json              where the weights came from: run.json, the training config, eval.json, step
+
+Exporting needs neither transformers nor network access; only loading the folder does (transformers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from homegpt import __version__
+from homegpt.errors import UserError
+from homegpt.model import GPT, GPTConfig, count_params
+from homegpt.tokenizer import EOT, file_sha256, load_tokenizer
+
+# nn.Linear (out, in) in homegpt <-> Conv1D (in, out) in transformers' GPT-2.
+TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, which homegpt's model uses
+TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")  # both are GELU with the tanh approximation
+META_FILE = "homegpt.json"
+EXPORT_FILES = (
+    "config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+    "special_tokens_map.json", "README.md", "loss.png", META_FILE,
+)
+# What a run directory holds (checkpoint.py): replaced as a whole by `import --force`.
+RUN_FILES = ("run.json", "config.toml", "tokenizer.json", "checkpoints", "metrics.csv", "samples.txt", "loss.png",
+             "eval.json")
+# Buffers some transformers versions save: the causal mask, not weights.
+IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
+
+
+# --------------------------------------------------------------------------------------------- export
+
+
+def hf_config(cfg: GPTConfig, eot_id: int) -> dict:
+    """transformers' GPT2Config for a homegpt model (every field that changes the computation is explicit)."""
+    if not cfg.bias:
+        raise UserError("this run's model has no biases (bias = false): transformers' GPT-2 always has them, "
+                        "so it cannot be exported as GPT2LMHeadModel")
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": cfg.vocab_size,
+        "n_positions": cfg.block_size,
+        "n_embd": cfg.n_embd,
+        "n_layer": cfg.n_layer,
+        "n_head": cfg.n_head,
+        "n_inner": None,  # 4 * n_embd, as homegpt's MLP
+        "activation_function": "gelu_new",
+        "layer_norm_epsilon": LAYER_NORM_EPS,
+        "resid_pdrop": cfg.dropout,
+        "embd_pdrop": cfg.dropout,
+        "attn_pdrop": cfg.dropout,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "tie_word_embeddings": True,
+        "bos_token_id": eot_id,
+        "eos_token_id": eot_id,
+        "pad_token_id": eot_id,
+        "use_cache": True,
+        "dtype": "float32",
+    }
+
+
+def to_hf_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """homegpt state (tied head omitted) -> transformers GPT2LMHeadModel state, same names."""
+    out = {}
+    for name, t in state.items():
+        if name == "lm_head.weight":
+            continue  # tied: transformers re-ties it to transformer.wte.weight on load
+        out[name] = (t.t() if name.endswith(TRANSPOSED) else t).float().contiguous()
+    return out
+
+
+def tokenizer_files(eot_id: int, block_size: int) -> dict[str, dict]:
+    """tokenizer_config.json and special_tokens_map.json for AutoTokenizer.
+
+    PreTrainedTokenizerFast loads tokenizer.json exactly as it is (pre-tokenizer, decoder, no added BOS),
+    so transformers' ids are homegpt's ids; a class such as GPT2Tokenizer would rebuild the pipeline.
+    """
+    special = {"content": EOT, "lstrip": False, "rstrip": False, "normalized": False, "single_word": False,
+               "special": True}
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": EOT,
+        "eos_token": EOT,
+        "unk_token": EOT,
+        "pad_token": EOT,
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "add_prefix_space": False,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": block_size,
+        "padding_side": "left",  # what decoder-only batched generation in transformers needs
+        "added_tokens_decoder": {str(eot_id): special},
+    }
+    special_map = {k: dict(special) for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
+    return {"tokenizer_config.json": config, "special_tokens_map.json": special_map}
+
+
+def generation_config(eot_id: int) -> dict:
+    """homegpt sample's defaults, so `model.generate(...)` and pipelines sample as homegpt does."""
+    return {"bos_token_id": eot_id, "eos_token_id": eot_id, "pad_token_id": eot_id,
+            "do_sample": True, "temperature": 0.8, "top_k": 50}
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON file's object, or None when absent or unreadable (optional run files)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def read_train_config(run_dir: Path) -> dict:
+    """The run's config.toml as a dict ({} if missing): the card and import use its hyperparameters."""
+    import tomllib
+
+    try:
+        return tomllib.loads((run_dir / "config.toml").read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return {}
+
+
+def _prepare_out(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UserError(f"{out} is not empty: choose another folder or pass --force to replace the export in it")
+
+
+def export_run(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    force: bool = False,
+    step: int | None = None,
+    card_options: dict | None = None,
+    samples: list[dict] | None = None,
+) -> dict:
+    """Write run_dir's latest (or `step`) checkpoint as a transformers folder; returns what was written.
+
+    card_options go to card.render_card (license, language, hardware, cost_usd, model_name, repo_id).
+    samples: {prompt, text, source} dicts for the card; by default the run's samples.txt, else generated.
+    """
+    from homegpt.card import render_card
+    from homegpt.checkpoint import load_run
+
+    run_path, out = Path(run_dir), Path(out_dir)
+    _prepare_out(out, force)
+    run = load_run(run_path, device="cpu", step=step)
+    cfg = run.model.config
+    eot_id = run.tokenizer.token_to_id(EOT)
+    config = hf_config(cfg, eot_id)  # refuses bias-free models before anything is written
+    from homegpt.checkpoint import model_state
+
+    weights = to_hf_weights(model_state(run.model))
+    eval_info = read_json(run_path / "eval.json")
+    train_cfg = read_train_config(run_path)
+    meta = {
+        "homegpt_version": __version__,
+        "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "step": run.step,
+        "run": public_info(run.info),
+        "train_config": {k: v for k, v in train_cfg.items() if k != "data_dir"},
+        "eval": {k: v for k, v in eval_info.items() if k != "run_dir"} if eval_info else None,
+    }
+    if samples is None:
+        samples = card_samples(run_path, run)
+    options = {k: v for k, v in (card_options or {}).items() if v is not None}
+    if not options.get("model_name") and not options.get("repo_id"):
+        options["model_name"] = out.resolve().name  # the folder's name beats a generic title
+    card = render_card(run.info, eval_info, train_cfg, step=run.step, samples=samples,
+                       has_loss_curve=(run_path / "loss.png").is_file(), **options)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        _write_json(tmp / "config.json", config)
+        _write_json(tmp / "generation_config.json", generation_config(eot_id))
+        shutil.copyfile(run_path / "tokenizer.json", tmp / "tokenizer.json")
+        for name, content in tokenizer_files(eot_id, cfg.block_size).items():
+            _write_json(tmp / name, content)
+        _write_json(tmp / META_FILE, meta)
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+        if (run_path / "loss.png").is_file():
+            shutil.copyfile(run_path / "loss.png", tmp / "loss.png")
+        _move_into(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    files = sorted(p.name for p in out.iterdir() if p.name in EXPORT_FILES)
+    return {"out_dir": str(out), "step": run.step, "files": files, "params": count_params(cfg)["total"],
+            "vocab_size": cfg.vocab_size, "block_size": cfg.block_size}
+
+
+def public_info(info: dict) -> dict:
+    """run.json without this machine's paths: an export may be published."""
+    from homegpt.card import short_source
+
+    out = {k: v for k, v in info.items() if k not in ("data_dir", "imported_from")}
+    out["data_source"] = short_source(info.get("data_source", "")) if info.get("data_source", "").startswith(
+        "file:") else info.get("data_source", "")
+    return out
+
+
+def card_samples(run_path: Path, run, n: int = 3) -> list[dict]:
+    """The last training-time sample from samples.txt, then samples generated now (fixed seeds) up to n."""
+    from homegpt.sample import generate_text
+
+    prompt = read_train_config(run_path).get("sample_prompt", "")
+    out = []
+    found = last_training_sample(run_path / "samples.txt")
+    if found is not None:
+        step, body = found
+        text = body[len(prompt):] if body.startswith(prompt) else body
+        out.append({"prompt": prompt if body.startswith(prompt) else "", "text": text,
+                    "source": f"written during training at step {step} (temperature 0.8, top-k 50)"})
+    budget = min(48, run.model.config.block_size - 1 - len(run.tokenizer.encode(prompt).ids))
+    for seed in range(n - len(out)):
+        if budget <= 0:
+            break
+        text = generate_text(run.model, run.tokenizer, prompt, budget, temperature=0.8, top_k=50, seed=seed)
+        out.append({"prompt": prompt, "text": text,
+                    "source": f"generated at export (temperature 0.8, top-k 50, seed {seed})"})
+    return out
+
+
+def last_training_sample(path: Path) -> tuple[str, str] | None:
+    """(step, prompt + text) of the last '--- step N' block train.py wrote to samples.txt, or None."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    blocks = [b for b in text.split("--- step ") if b.strip()]
+    if not blocks:
+        return None
+    step, _, body = blocks[-1].partition("\n")
+    return (step.strip(), body.rstrip("\n")) if body.strip() else None
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _move_into(src: Path, out: Path) -> None:
+    """Put a finished export in place; with --force, files from an earlier export are replaced."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in EXPORT_FILES:  # a stale loss.png or card must not survive from an earlier export
+        (out / name).unlink(missing_ok=True)
+    mode = 0o666 & ~_umask()  # mkstemp-style 0600 files would be unreadable to others after the move
+    for f in src.iterdir():
+        os.chmod(f, mode)
+        os.replace(f, out / f.name)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# --------------------------------------------------------------------------------------------- import
+
+
+def read_hf_config(hf_dir: Path) -> GPTConfig:
+    """A GPTConfig from config.json, refusing GPT-2 variants homegpt's model cannot compute exactly."""
+    config = read_json(hf_dir / "config.json")
+    if config is None:
+        raise UserError(f"{hf_dir} has no readable config.json: is it a transformers model folder?")
+    kind = config.get("model_type")
+    if kind != "gpt2":
+        raise UserError(f"{hf_dir} holds a {kind!r} model: homegpt imports GPT-2 (model_type gpt2) only")
+    checks = [
+        (config.get("activation_function", "gelu_new") in TANH_GELUS,
+         f"activation_function {config.get('activation_function')!r} (homegpt uses the tanh GELU, gelu_new)"),
+        (abs(float(config.get("layer_norm_epsilon", LAYER_NORM_EPS)) - LAYER_NORM_EPS) < 1e-12,
+         f"layer_norm_epsilon {config.get('layer_norm_epsilon')} (homegpt uses {LAYER_NORM_EPS})"),
+        (config.get("n_inner") in (None, 4 * config.get("n_embd", 0)), f"n_inner {config.get('n_inner')}"),
+        (config.get("scale_attn_weights", True), "scale_attn_weights false"),
+        (not config.get("scale_attn_by_inverse_layer_idx", False), "scale_attn_by_inverse_layer_idx"),
+        (not config.get("add_cross_attention", False), "cross-attention"),
+        (config.get("tie_word_embeddings", True), "an output head not tied to the embedding"),
+    ]
+    for ok, what in checks:
+        if not ok:
+            raise UserError(f"{hf_dir}: {what} is not something homegpt's GPT can represent")
+    drop = float(config.get("resid_pdrop", 0.0))
+    try:
+        return GPTConfig(n_layer=config["n_layer"], n_head=config["n_head"], n_embd=config["n_embd"],
+                         block_size=config["n_positions"], vocab_size=config["vocab_size"], dropout=drop, bias=True)
+    except KeyError as e:
+        raise UserError(f"{hf_dir}/config.json has no {e.args[0]}") from None
+
+
+def read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of model.safetensors (or its shards); pickled pytorch_model.bin is refused."""
+    index = hf_dir / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set((read_json(index) or {}).get("weight_map", {}).values()))
+        files = [hf_dir / s for s in shards]
+    else:
+        files = [hf_dir / "model.safetensors"]
+    if not all(f.is_file() for f in files) or not files:
+        if (hf_dir / "pytorch_model.bin").exists():
+            raise UserError(f"{hf_dir} has only pytorch_model.bin (pickle, which homegpt never loads): "
+                            f"save it with safe_serialization=True first")
+        raise UserError(f"{hf_dir} has no model.safetensors")
+    tensors: dict[str, torch.Tensor] = {}
+    for f in files:
+        try:
+            tensors.update(load_file(str(f)))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise UserError(f"{f} is not a readable safetensors file ({type(e).__name__})") from None
+    return tensors
+
+
+def from_hf_weights(tensors: dict[str, torch.Tensor], cfg: GPTConfig, where: Path) -> dict[str, torch.Tensor]:
+    """transformers GPT-2 tensors (GPT2LMHeadModel or bare GPT2Model names) -> homegpt state, head omitted."""
+    out = {}
+    for name, t in tensors.items():
+        if name.endswith(IGNORED_SUFFIXES):
+            continue
+        key = name if name.startswith(("transformer.", "lm_head.")) else f"transformer.{name}"
+        out[key] = (t.t() if key.endswith(TRANSPOSED) else t).float().contiguous()
+    head = out.pop("lm_head.weight", None)
+    wte = out.get("transformer.wte.weight")
+    if head is not None and wte is not None and not torch.equal(head, wte):
+        raise UserError(f"{where}: lm_head.weight differs from the token embedding; homegpt ties the two")
+    with torch.device("meta"):  # names only: no memory, no initialisation
+        expected = {k for k in GPT(cfg).state_dict() if k != "lm_head.weight"}
+    missing, extra = sorted(expected - set(out)), sorted(set(out) - expected)
+    if missing or extra:
+        detail = f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}"
+        raise UserError(f"{where}: the weights do not match config.json's GPT-2 ({detail})")
+    return out
+
+
+def import_tokenizer(hf_dir: Path, dest: Path) -> None:
+    """tokenizer.json as it is (byte for byte), or one built from GPT-2's vocab.json + merges.txt."""
+    src = hf_dir / "tokenizer.json"
+    if src.is_file():
+        shutil.copyfile(src, dest)
+    elif (hf_dir / "vocab.json").is_file() and (hf_dir / "merges.txt").is_file():
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+        tok = Tokenizer(models.BPE.from_file(str(hf_dir / "vocab.json"), str(hf_dir / "merges.txt")))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        tok.add_special_tokens([EOT])
+        tok.save(str(dest))
+    else:
+        raise UserError(f"{hf_dir} has no tokenizer.json (nor vocab.json + merges.txt)")
+    load_tokenizer(dest)  # a UserError unless it is a byte-level tokenizer with <|endoftext|>
+
+
+def import_hf(hf_dir: str | Path, out_run_dir: str | Path, force: bool = False) -> dict:
+    """Turn a transformers GPT-2 folder into a homegpt run that sample, eval and `train --resume` accept.
+
+    The run has one checkpoint with weights, fresh RNG states and no optimizer moments (AdamW restarts
+    from zero moments when training resumes). A homegpt export's homegpt.json restores the step, the
+    training config and the held-out metrics; any other GPT-2 starts at step 0.
+    """
+    src, out = Path(hf_dir), Path(out_run_dir)
+    if not src.is_dir():
+        raise UserError(f"{src} does not exist or is not a folder")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        what = "already holds a run" if (out / "run.json").exists() else "is not empty"
+        raise UserError(f"{out} {what}: choose another --out or pass --force")
+    cfg = read_hf_config(src)
+    weights = from_hf_weights(read_hf_weights(src), cfg, src)
+    meta = read_json(src / META_FILE) or {}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:  # built aside and moved in whole: a refused import leaves --out as it was
+        import_tokenizer(src, tmp / "tokenizer.json")
+        info = write_run(tmp, cfg, weights, int(meta.get("step", 0)), meta, {"imported_from": str(src.resolve())})
+        if (src / "loss.png").is_file():
+            shutil.copyfile(src / "loss.png", tmp / "loss.png")
+        out.mkdir(parents=True, exist_ok=True)
+        for name in RUN_FILES:
+            target = out / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        for f in tmp.iterdir():
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"run_dir": str(out), "step": info["step"], "params": info["params"]["total"], "model": cfg.to_dict(),
+            "data_dir": info["data_dir"]}
+
+
+def write_run(out: Path, cfg: GPTConfig, weights: dict[str, torch.Tensor], step: int = 0, meta: dict | None = None,
+              extra: dict | None = None) -> dict:
+    """A run directory around given weights: run.json, config.toml, one checkpoint (+ eval.json if known).
+
+    out/tokenizer.json must already be there. meta is an export's homegpt.json (or {}): its training
+    config, held-out metrics and data source carry over. Returns run.json's content plus the step.
+    """
+    from homegpt.checkpoint import CKPT_PREFIX, load_weights
+    from homegpt.config import TrainConfig, dump_toml
+
+    meta = meta or {}
+    load_weights(GPT(cfg), weights, out)  # names and shapes must be this config's
+    tok = load_tokenizer(out / "tokenizer.json")
+    if tok.get_vocab_size() > cfg.vocab_size:
+        raise UserError(f"the tokenizer has {tok.get_vocab_size()} tokens, the model only {cfg.vocab_size}")
+    train_cfg = _imported_train_config(meta.get("train_config") or {}, cfg)
+    TrainConfig.from_dict(train_cfg)  # the written config.toml must load back
+    (out / "config.toml").write_text(dump_toml(train_cfg), encoding="utf-8")
+    old = meta.get("run") or {}
+    info = {
+        "homegpt_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "model": cfg.to_dict(),
+        "params": count_params(cfg),
+        "data_dir": train_cfg["data_dir"],
+        "data_source": old.get("data_source", ""),
+        "tokenizer_sha256": file_sha256(out / "tokenizer.json"),
+        "dtype": old.get("dtype", "auto"),
+        "eot": EOT,
+        **(extra or {}),
+    }
+    _write_json(out / "run.json", info)
+    if isinstance(meta.get("eval"), dict):
+        _write_json(out / "eval.json", meta["eval"])
+    ckpt = out / "checkpoints" / f"{CKPT_PREFIX}{step:06d}"
+    write_fresh_checkpoint(ckpt, weights, step, meta, seed=int(train_cfg.get("seed", 1337)))
+    return dict(info, step=step)
+
+
+def _imported_train_config(saved: dict, cfg: GPTConfig) -> dict:
+    """The exported run's training config when known, with the model's shape spelled out (no preset)."""
+    from homegpt.config import TrainConfig
+
+    known = set(TrainConfig().to_dict())
+    values = {k: v for k, v in saved.items() if k in known}
+    if values.get("data_dir") and not Path(values["data_dir"]).is_dir():
+        values["data_dir"] = ""  # another machine's path: give --data-dir when resuming
+    values.update(preset="", n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
+                  block_size=cfg.block_size, dropout=cfg.dropout, bias=True)
+    values.setdefault("data_dir", "")
+    return TrainConfig(**values).to_dict()
+
+
+def write_fresh_checkpoint(ckpt: Path, weights: dict[str, torch.Tensor], step: int, meta: dict, seed: int) -> None:
+    """A checkpoint train.py can resume from: weights, seeded RNG states, state.json; no optimizer file."""
+    ckpt.mkdir(parents=True)
+    save_file(weights, str(ckpt / "model.safetensors"))
+    gen = torch.Generator().manual_seed(seed + step)
+    save_file({"torch_cpu": gen.get_state(), "loader": gen.get_state()}, str(ckpt / "rng.safetensors"))
+    version, internal, gauss = random.Random(seed + step).getstate()
+    name, keys, pos, has_gauss, cached = np.random.RandomState(seed + step).get_state()
+    old_eval = meta.get("eval") or {}
+    state = {
+        "step": step,
+        "tokens": int(old_eval.get("tokens_trained", 0)),
+        "elapsed_s": float(old_eval.get("train_seconds", 0.0)),
+        "python_rng": [version, list(internal), gauss],
+        "numpy_rng": {"name": name, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
+                      "cached": float(cached)},
+        "imported": True,
+    }
+    if "val_loss" in old_eval:
+        state["best_val_loss"] = float(old_eval["val_loss"])
+    (ckpt / "state.json").write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
