@@ -5,10 +5,10 @@
 Runs the real command (`homegpt demo --json`) in a subprocess and times it. Target (issue 2): on 2 CPU
 cores, at most 300 s and held-out bits per byte at most 1.8 on the built-in corpus.
 
---baseline also trains the reference point the target was set against (bits per byte does not depend on
-the tokenizer, so the two compare fairly): a plain GPT-2 of about 4M parameters (4 layers, 256 wide, 8,192-token vocabulary, context 256,
-lr 1e-3, 16K-token batches, cosine schedule) for the same training seconds as the demo, and reports the
-ratio of the two bits-per-byte values.
+--baseline also trains the reference point the target was set against, a plain GPT-2 of about 4M
+parameters (4 layers, 256 wide, 8,192-token vocabulary, context 256, lr 1e-3, 16K-token batches, cosine
+schedule), for the same training seconds as the demo, and reports the ratio of the two bits-per-byte
+values (bits per byte does not depend on the tokenizer, so the two compare fairly).
 """
 
 from __future__ import annotations
