@@ -173,7 +173,7 @@ def test_fit_cli_writes_a_law_that_plan_uses(tmp_path, capsys):
 
 
 def test_fit_cli_chinchilla_points(capsys):
-    from tests.test_scaling import CHINCHILLA
+    from test_scaling import CHINCHILLA
 
     r = run_json(capsys, "fit", str(CHINCHILLA), "--drop-highest", "5")
     assert r["runs"] == 240 and abs(r["alpha"] - 0.3478) < 0.015 and abs(r["E"] - 1.8172) < 0.026
