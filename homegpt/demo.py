@@ -1,36 +1,48 @@
 """`homegpt demo`: the whole pipeline in a few minutes on a laptop CPU.
 
 tokenizer -> shards -> a GPT sized for the time budget and the data -> held-out metrics -> samples.
-The model's shape is fixed small (it has to learn in minutes on two cores); the number of training tokens
-is chosen by timing a few real steps on this machine, then capped so a small corpus is not repeated for
-more epochs than helps (past a few epochs a small model starts to memorise rather than learn).
+
+Sizing: each shape on a small ladder is timed for a real training step on this machine, which gives the
+tokens it could train on in the budget. The demo takes the largest shape that still sees at least
+MIN_TOKENS_PER_PARAM tokens per parameter in the budget and has no more parameters than the corpus has
+unique training tokens (beyond that a model memorises rather than generalises). On 2 CPU cores and the
+4 MB built-in corpus, a 1.1M-parameter model on 2.1M tokens reached 1.74 bits/byte where a 2.2M model on
+1.05M tokens (same FLOPs) reached 1.92 (BENCHMARKS.md): at this scale, tokens beat parameters. A faster
+machine or a bigger corpus picks a bigger model. Epochs are capped at MAX_EPOCHS.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from homegpt.config import TrainConfig
 from homegpt.errors import UserError
+from homegpt.model import count_params
 from homegpt.prepare import prepare, read_manifest
 from homegpt.tokenizer import train_tokenizer
 
 DEMO_PROMPTS = ("In the beginning", "The king said", "Love is")
 DEMO_VOCAB = 2048
-MAX_EPOCHS = 8.0
 OVERHEAD_S = 25.0  # final evaluation, samples and the plot, after training
+EVAL_SHARE = 0.08  # periodic evaluations take about this share of the training time
+MIN_TOKENS_PER_PARAM = 2.0
+MAX_EPOCHS = 10.0
+# (n_layer, n_embd) candidates, smallest first; heads of 32 dimensions suit these widths on a CPU.
+LADDER = ((2, 64), (3, 96), (4, 128), (4, 160), (4, 192), (6, 192), (6, 256), (8, 256), (8, 384))
 
 
 def demo_config(data_dir: Path, seed: int = 1337) -> TrainConfig:
-    """The demo's model and optimiser: tuned on 2 CPU cores for ~4 minutes of training."""
+    """The demo's optimiser and the middle of its shape ladder (choose_shape sets the real shape)."""
     return TrainConfig(
         data_dir=str(data_dir),
         preset="",
         n_layer=4,
         n_head=4,
-        n_embd=192,
+        n_embd=128,
         block_size=128,
         dropout=0.0,
         batch_tokens=4096,
@@ -57,7 +69,7 @@ def run_demo(
 ) -> dict:
     """Run the pipeline into out_dir (tokenizer/, data/, run/) within about `seconds` of wall time."""
     from homegpt.sample import sample_run
-    from homegpt.train import measure_throughput, train
+    from homegpt.train import train
 
     log = log or (lambda m: print(m, file=sys.stderr))
     t0 = time.perf_counter()
@@ -76,17 +88,15 @@ def run_demo(
     cfg = demo_config(out / "data")
     cfg.device = device
     vocab = manifest["model_vocab_size"]
-    speed = measure_throughput(cfg, vocab, steps=2)
-    budget_s = max(10.0, seconds - (time.perf_counter() - t0) - OVERHEAD_S)
-    # Evaluations take ~8% of the time at this size; the rest is training steps.
-    affordable = int(speed["tokens_per_s"] * budget_s * 0.92)
-    max_tokens = min(affordable, int(MAX_EPOCHS * train_tokens))
-    steps = max(cfg.warmup_steps + 10, max_tokens // cfg.batch_tokens)
+    log("[3/5] sizing: timing a training step of each candidate shape")
+    budget_s = lambda: max(10.0, seconds - (time.perf_counter() - t0) - OVERHEAD_S)  # noqa: E731
+    cfg, choice = choose_shape(cfg, vocab, train_tokens, budget_s)
+    tokens = min(choice["tokens_per_s"] * budget_s() * (1 - EVAL_SHARE), MAX_EPOCHS * train_tokens)
+    steps = max(cfg.warmup_steps + 10, int(tokens) // cfg.batch_tokens)
     cfg.max_steps, cfg.eval_interval = steps, max(10, steps // 6)
-    if max_tokens < affordable:
-        log(f"      data-limited: capping at {MAX_EPOCHS:g} epochs of the training split")
-    log(f"[3/5] train: {steps} steps x {cfg.batch_tokens} tokens at ~{speed['tokens_per_s']:,.0f} tok/s measured "
-        f"(~{budget_s:.0f} s budget) on {speed['device']}")
+    log(f"      chose {cfg.n_layer} layers x {cfg.n_embd} wide ({choice['params']:,} parameters): {steps} steps x "
+        f"{cfg.batch_tokens} tokens = {steps * cfg.batch_tokens / train_tokens:.1f} epochs at "
+        f"~{choice['tokens_per_s']:,.0f} tok/s on {choice['device']}")
     result = train(cfg, out / "run", force=True, progress=progress, log=log)
     log(f"[4/5] held-out: loss {result['val_loss']:.4f} nats/token, perplexity {result['val_perplexity']:.2f}, "
         f"{result['val_bpb']:.3f} bits/byte")
@@ -104,3 +114,30 @@ def run_demo(
         source=source,
     )
     return result
+
+
+def choose_shape(base: TrainConfig, vocab: int, unique_tokens: int, budget_s: Callable[[], float],
+                 speed: Callable[[TrainConfig], dict] | None = None) -> tuple[TrainConfig, dict]:
+    """The largest ladder shape with >= MIN_TOKENS_PER_PARAM tokens per parameter and <= unique_tokens
+    parameters; the smallest shape when none qualifies.
+
+    speed(cfg) times the shape (default: a real training step on this machine, homegpt.train's
+    measure_throughput) and returns at least {"tokens_per_s": ...}. Climbing stops at the first shape that
+    fails: larger shapes are slower and bigger, so they would fail too.
+    """
+    from homegpt.train import measure_throughput
+
+    speed = speed or (lambda cfg: measure_throughput(cfg, vocab, steps=1))
+    chosen: tuple[TrainConfig, dict] | None = None
+    for n_layer, n_embd in LADDER:
+        cfg = replace(base, n_layer=n_layer, n_embd=n_embd, n_head=max(1, n_embd // 32))
+        params = count_params(cfg.model_config(vocab))["total"]
+        if chosen is not None and params > unique_tokens:
+            break
+        measured = speed(cfg)
+        tokens = measured["tokens_per_s"] * budget_s() * (1 - EVAL_SHARE)
+        if chosen is not None and tokens < MIN_TOKENS_PER_PARAM * params:
+            break
+        chosen = (cfg, dict(measured, params=params, tokens=tokens))
+    assert chosen is not None  # the first candidate is always taken
+    return chosen
