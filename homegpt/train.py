@@ -229,6 +229,7 @@ def train(
     micro = micro or auto_micro_batch(model, cfg, mcfg, device, autocast, world)
     if main_rank and not cfg.micro_batch:
         log(f"micro_batch = {micro} (chosen automatically for {device})")
+    eval_batch = max(micro, 8)  # no gradients to hold: evaluation can batch wider than training
     tokens_per_micro = micro * mcfg.block_size
     accum = max(1, round(cfg.batch_tokens / (tokens_per_micro * world)))
     batch_tokens = accum * tokens_per_micro * world  # what a step really holds (whole windows)
@@ -298,7 +299,7 @@ def train(
                    "mfu": round(meter.mfu, 4), "cost_usd": round(spent, 4) if cfg.price else ""}
             last = step == total_steps
             if main_rank and (step % cfg.eval_interval == 0 or last):
-                ev = evaluate_tokens(model, val_tokens, token_bytes, micro,
+                ev = evaluate_tokens(model, val_tokens, token_bytes, eval_batch,
                                      None if last else cfg.eval_tokens, autocast)
                 row.update(val_loss=ev["loss"], val_bpb=ev["bpb"])
                 final, best_val = ev, min(best_val, ev["loss"])
@@ -335,7 +336,7 @@ def train(
     if not main_rank:
         return {}
     if final is None or steps_this_call == 0:  # resumed a finished run: evaluate anyway
-        final = evaluate_tokens(model, val_tokens, token_bytes, micro, None, autocast)
+        final = evaluate_tokens(model, val_tokens, token_bytes, eval_batch, None, autocast)
     result = {
         "run_dir": str(out),
         "finished": True,
