@@ -18,6 +18,7 @@ from homegpt.model import PRESETS, GPTConfig
 class TrainConfig:
     # --- data: a directory written by `homegpt prepare` (manifest.json, tokenizer.json, train/val shards)
     data_dir: str = ""
+    data_order: str = "random"  # random windows (seeded) | sequential (corpus order, no window twice an epoch)
     # --- model: a named preset; explicit sizes below override it (0 / -1 = take the preset's value)
     preset: str = "cpu-small"
     n_layer: int = 0
@@ -90,6 +91,8 @@ class TrainConfig:
             raise UserError(f"lr must be positive, got {self.lr}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise UserError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.data_order not in ("random", "sequential"):
+            raise UserError(f"data_order must be random or sequential, got {self.data_order!r}")
         if self.micro_batch < 0:
             raise UserError(f"micro_batch must be >= 0 (0 = automatic), got {self.micro_batch}")
         if self.dtype not in ("auto", "fp32", "bf16", "fp16"):

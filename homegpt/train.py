@@ -50,6 +50,7 @@ from homegpt.device import (
 )
 from homegpt.errors import UserError
 from homegpt.evaluate import evaluate_tokens
+from homegpt.loader import TokenLoader
 from homegpt.meter import Meter, peak_flops
 from homegpt.model import GPT, GPTConfig, count_params, flops_per_token
 from homegpt.prepare import open_split, read_manifest
@@ -79,42 +80,6 @@ def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
-
-
-class Loader:
-    """Random windows of block_size + 1 tokens from a memory-mapped split, from a seeded generator.
-
-    Each optimizer step draws all its windows at once (accum x world x micro_batch), identically on every
-    rank; rank r keeps its own share. So a step holds the same windows for any number of ranks, and the
-    generator state (saved in every checkpoint) is all a resumed run needs to draw the same windows again.
-    """
-
-    def __init__(self, tokens, block_size: int, micro_batch: int, accum: int, seed: int, device: torch.device,
-                 rank: int = 0, world: int = 1):
-        if len(tokens) < block_size + 2:
-            raise UserError(
-                f"the training split has {len(tokens)} tokens, fewer than one window of {block_size + 1}: "
-                f"lower block_size or give more text"
-            )
-        self.tokens, self.block, self.micro, self.accum = tokens, block_size, micro_batch, accum
-        self.device, self.rank, self.world = device, rank, world
-        self.gen = torch.Generator().manual_seed(seed)
-
-    def next_step(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """This rank's micro-batches for one optimizer step."""
-        n = self.accum * self.world * self.micro
-        starts = torch.randint(0, len(self.tokens) - self.block - 1, (n,), generator=self.gen)
-        mine = starts.view(self.accum, self.world, self.micro)[:, self.rank]
-        return [self._batch(row.tolist()) for row in mine]
-
-    def _batch(self, starts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = np.stack([np.asarray(self.tokens[s : s + self.block + 1], dtype=np.int64) for s in starts])
-        batch = torch.from_numpy(rows)
-        if self.device.type == "cuda":
-            batch = batch.pin_memory().to(self.device, non_blocking=True)
-        else:
-            batch = batch.to(self.device)
-        return batch[:, :-1], batch[:, 1:]
 
 
 def _seed_everything(seed: int) -> None:
@@ -234,8 +199,8 @@ def train(
     accum = max(1, round(cfg.batch_tokens / (tokens_per_micro * world)))
     batch_tokens = accum * tokens_per_micro * world  # what a step really holds (whole windows)
     total_steps = cfg.total_steps()
-    loader = Loader(open_split(cfg.data_dir, "train", manifest), mcfg.block_size, micro, accum,
-                    cfg.seed, device, rank, world)
+    loader = TokenLoader(open_split(cfg.data_dir, "train", manifest), mcfg.block_size, micro, accum,
+                         cfg.seed, device, rank=rank, world=world, order=cfg.data_order)
     val_tokens = open_split(cfg.data_dir, "val", manifest)
     token_bytes = torch.tensor(token_byte_lengths(tok, mcfg.vocab_size), dtype=torch.long)
     params = count_params(mcfg)
@@ -246,7 +211,7 @@ def train(
         load_weights(model, weights, resume_from)
         load_optimizer_tensors(model, optimizer, optim)
         restore_rng(state, rng)
-        loader.gen.set_state(rng["loader"])
+        loader.load_state_dict(state.get("loader", rng["loader"]))
         if scaler is not None and "grad_scaler" in state:
             scaler.load_state_dict(state["grad_scaler"])
         step, elapsed, best_val = state["step"], state["elapsed_s"], state.get("best_val_loss", float("inf"))
@@ -296,7 +261,7 @@ def train(
             spent, projected = meter.cost(step)
             row = {"step": step, "tokens": step * batch_tokens, "elapsed_s": round(meter.elapsed, 3), "lr": lr,
                    "train_loss": train_loss, "tokens_per_s": round(meter.tokens_per_s, 1),
-                   "mfu": round(meter.mfu, 4), "cost_usd": round(spent, 4) if cfg.price else ""}
+                   "mfu": round(meter.mfu, 4), "cost_usd": round(spent, 6) if cfg.price else ""}
             last = step == total_steps
             if main_rank and (step % cfg.eval_interval == 0 or last):
                 ev = evaluate_tokens(model, val_tokens, token_bytes, eval_batch,
@@ -318,7 +283,8 @@ def train(
             if step % (cfg.checkpoint_interval or cfg.eval_interval) == 0 or last or stopping:
                 if main_rank:
                     state = {"tokens": step * batch_tokens, "elapsed_s": meter.elapsed, "best_val_loss": best_val,
-                             "total_steps": total_steps, "world_size": world, "micro_batch": micro}
+                             "total_steps": total_steps, "world_size": world, "micro_batch": micro,
+                             "loader": loader.state_dict()}
                     if scaler is not None:
                         state["grad_scaler"] = scaler.state_dict()
                     save_checkpoint(out, step, model, optimizer, loader.gen.get_state(), state, cfg.keep_checkpoints)
@@ -360,7 +326,7 @@ def train(
     return result
 
 
-def _train_step(run_model, model, optimizer, scaler, loader: Loader, autocast, grad_clip: float, world: int):
+def _train_step(run_model, model, optimizer, scaler, loader: TokenLoader, autocast, grad_clip: float, world: int):
     """One optimizer step over this rank's micro-batches; returns (mean loss over all ranks, finite?)."""
     batches = loader.next_step()
     loss_sum = torch.zeros((), device=next(model.parameters()).device)

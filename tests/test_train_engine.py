@@ -128,7 +128,7 @@ def test_one_non_finite_step_is_skipped(data_dir, tmp_path, monkeypatch):
 
 def test_meter_and_tensorboard(data_dir, tmp_path):
     pytest.importorskip("tensorboard")
-    train(tiny_config(data_dir, max_steps=3, sample_tokens=0, price=2.5, tensorboard=True), tmp_path / "r", **QUIET)
+    train(tiny_config(data_dir, max_steps=3, sample_tokens=0, price=3600.0, tensorboard=True), tmp_path / "r", **QUIET)
     with open(tmp_path / "r" / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert all(0 < float(r["mfu"]) < 1.5 and float(r["tokens_per_s"]) > 0 for r in rows)
