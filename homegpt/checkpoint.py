@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from homegpt.device import autocast_for, pick_device
 from homegpt.errors import UserError
 from homegpt.model import GPT, GPTConfig
+from homegpt.shards import fsync_dir
 
 CKPT_PREFIX = "step-"
 
@@ -42,14 +43,6 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(CKPT_PREFIX))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def save_checkpoint(
@@ -83,7 +76,7 @@ def save_checkpoint(
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
-    _fsync_dir(root)
+    fsync_dir(root)
     for old in checkpoint_dirs(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

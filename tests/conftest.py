@@ -47,6 +47,18 @@ def data_dir(source, tokenizer_dir, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Decoding tiny models is per-op latency; on a shared 2-core machine, two threads per op wait on each
+    other (measured: attention 10 us on one thread, ~10 ms on two under load). Correctness is the point here."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny_config(data_dir, **overrides):
     from homegpt.config import TrainConfig
 

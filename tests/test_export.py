@@ -26,14 +26,7 @@ UNICODE_TEXT = (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Decoding tiny models is per-op latency; on a shared 2-core machine, two threads per op wait on each
-    other (measured: attention 10 us on one thread, ~10 ms on two under load). Correctness is the point here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 def run_cli(capsys, *args):
     code = main([str(a) for a in args])

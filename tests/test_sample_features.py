@@ -25,14 +25,7 @@ from homegpt.sample import (
 PROMPTS = ["In the beginning", "The", "And it came to pass that the king said unto them", ""]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Decoding tiny models is per-op latency; on a shared 2-core machine, two threads per op wait on each
-    other (measured: attention 10 us on one thread, ~10 ms on two under load). Correctness is the point here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def loaded(trained_run):
