@@ -84,18 +84,18 @@ def save_checkpoint(
 
 def model_state(model: GPT) -> dict[str, torch.Tensor]:
     """Weights without the tied head (safetensors refuses shared storage; the head is the embedding)."""
-    sd = {k: v.detach().contiguous() for k, v in _unwrap(model).state_dict().items()}
+    sd = {k: v.detach().contiguous() for k, v in unwrap(model).state_dict().items()}
     sd.pop("lm_head.weight", None)
     return sd
 
 
-def _unwrap(model):
+def unwrap(model):
     model = getattr(model, "_orig_mod", model)  # torch.compile
     return getattr(model, "module", model)  # DistributedDataParallel
 
 
 def optimizer_tensors(model: GPT, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    names = {id(p): n for n, p in _unwrap(model).named_parameters()}
+    names = {id(p): n for n, p in unwrap(model).named_parameters()}
     out = {}
     for group in optimizer.param_groups:
         for p in group["params"]:
@@ -105,7 +105,7 @@ def optimizer_tensors(model: GPT, optimizer: torch.optim.Optimizer) -> dict[str,
 
 
 def load_optimizer_tensors(model: GPT, optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
-    named = dict(_unwrap(model).named_parameters())
+    named = dict(unwrap(model).named_parameters())
     for key, value in tensors.items():
         name, field = key.split("::")
         p = named[name]
@@ -152,12 +152,12 @@ def load_weights(model: GPT, weights: dict[str, torch.Tensor], where: Path) -> N
     expected = set(model_state(model))
     if set(weights) != expected:
         raise UserError(f"{where} does not match this model's layers: is it from another run?")
-    own = _unwrap(model).state_dict()
+    own = unwrap(model).state_dict()
     for k, v in weights.items():
         if own[k].shape != v.shape:
             raise UserError(f"{where}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}: "
                             f"the tokenizer or config does not match this checkpoint")
-    _unwrap(model).load_state_dict(weights, strict=False)
+    unwrap(model).load_state_dict(weights, strict=False)
 
 
 @dataclass

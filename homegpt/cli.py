@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from homegpt import __version__
+from homegpt import __version__, plan_cli, share_cli
 from homegpt.errors import UserError
 
 EXIT_USAGE = 2
@@ -193,15 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval)
 
-    import importlib
-
     # Stages with several subcommands register their own: sharing (sample/export/import/push), planning.
-    for module in ("homegpt.share_cli", "homegpt.plan_cli"):
-        try:
-            importlib.import_module(module).register(sub)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
+    share_cli.register(sub)
+    plan_cli.register(sub)
     return p
 
 

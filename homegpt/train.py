@@ -31,13 +31,13 @@ from tqdm import tqdm
 
 from homegpt import __version__
 from homegpt.checkpoint import (
-    _unwrap,
     checkpoint_dirs,
     load_optimizer_tensors,
     load_weights,
     read_checkpoint,
     restore_rng,
     save_checkpoint,
+    unwrap,
 )
 from homegpt.config import TrainConfig, dump_toml
 from homegpt.device import (
@@ -498,7 +498,7 @@ def _write_sample(out: Path, model: GPT, tok, step: int, cfg: TrainConfig, mcfg:
 
     n = min(cfg.sample_tokens, mcfg.block_size - 8)
     # The sample uses its own generator, so the training RNG stream (and exact resume) is untouched.
-    text = generate_text(_unwrap(model), tok, cfg.sample_prompt, n, temperature=0.8, top_k=50, seed=cfg.seed)
+    text = generate_text(unwrap(model), tok, cfg.sample_prompt, n, temperature=0.8, top_k=50, seed=cfg.seed)
     with open(out / "samples.txt", "a", encoding="utf-8") as f:
         f.write(f"--- step {step}\n{cfg.sample_prompt}{text}\n")
     model.train()
