@@ -80,9 +80,10 @@ def cmd_prepare(args) -> int:
     if args.verify:
         verify(args.out)
     s = m["splits"]
+    n_shards = len(s["train"]["shards"])
     lines = [f"wrote {args.out}: train {s['train']['tokens']:,} tokens ({s['train']['documents']:,} documents, "
-             f"{len(s['train']['shards'])} shards), val {s['val']['tokens']:,} tokens ({s['val']['documents']:,} "
-             f"documents), {m['dtype']}; {m['duplicates_removed']:,} duplicates removed"]
+             f"{n_shards} shard{'s' if n_shards != 1 else ''}), val {s['val']['tokens']:,} tokens "
+             f"({s['val']['documents']:,} documents), {m['dtype']}; {m['duplicates_removed']:,} duplicates removed"]
     _emit(dict(m, seconds=round(seconds, 2)), args.json, lines)
     return 0
 
