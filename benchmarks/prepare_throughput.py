@@ -32,24 +32,7 @@ import threading
 import time
 from pathlib import Path
 
-
-def tree_memory_mb(pid: int) -> float:
-    """PSS (or RSS) of a process and all its children, in MiB."""
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0.0
-    total = 0
-    for p in procs:
-        try:
-            info = p.memory_full_info()
-            total += getattr(info, "pss", info.rss)
-        except psutil.Error:
-            pass
-    return total / 2**20
+from homegpt.meter import process_tree_memory_mb
 
 
 class PeakSampler(threading.Thread):
@@ -59,7 +42,7 @@ class PeakSampler(threading.Thread):
 
     def run(self) -> None:
         while not self.done.is_set():
-            self.peak = max(self.peak, tree_memory_mb(self.pid))
+            self.peak = max(self.peak, process_tree_memory_mb(self.pid))
             time.sleep(self.every)
 
 

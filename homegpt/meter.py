@@ -81,3 +81,26 @@ class Meter:
         """(USD spent so far, USD projected for the whole run) at price_per_hour."""
         spent = self.elapsed / 3600 * self.price_per_hour
         return spent, spent + self.eta(step) / 3600 * self.price_per_hour
+
+
+def process_tree_memory_mb(pid: int) -> float:
+    """PSS (RSS where PSS is unknown) of a process and all its children, in MiB (needs psutil).
+
+    PSS splits shared pages between the processes that map them, so workers sharing a memory-mapped shard
+    are not counted once each.
+    """
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0
+    for p in procs:
+        try:
+            info = p.memory_full_info()
+            total += getattr(info, "pss", info.rss)
+        except psutil.Error:
+            pass
+    return total / 2**20

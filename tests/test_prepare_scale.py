@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from homegpt.meter import process_tree_memory_mb
 from homegpt.sources import load_corpus
 
 
@@ -74,23 +75,6 @@ def test_killed_prepare_reruns_to_byte_identical_shards(mixed_corpus, tokenizer_
     assert len(m["splits"]["train"]["shards"]) > 5 and m["duplicates_removed"] >= 300
 
 
-def _tree_pss_mb(pid: int) -> float:
-    import psutil
-
-    try:
-        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-    except psutil.Error:
-        return 0.0
-    total = 0
-    for p in procs:
-        try:
-            info = p.memory_full_info()
-            total += getattr(info, "pss", info.rss)
-        except psutil.Error:
-            pass
-    return total / 2**20
-
-
 def test_memory_stays_under_the_bound_on_a_corpus_three_times_bigger(tokenizer_dir, tmp_path):
     pytest.importorskip("psutil")
     bound = 64  # MiB, for the whole process tree
@@ -112,7 +96,7 @@ def test_memory_stays_under_the_bound_on_a_corpus_three_times_bigger(tokenizer_d
 
     def sample() -> None:
         while not stop.is_set():
-            peak[0] = max(peak[0], _tree_pss_mb(proc.pid))
+            peak[0] = max(peak[0], process_tree_memory_mb(proc.pid))
             time.sleep(0.02)
 
     sampler = threading.Thread(target=sample, daemon=True)
