@@ -13,6 +13,7 @@ from pathlib import Path
 
 from homegpt import __version__, plan_cli, share_cli
 from homegpt.errors import UserError
+from homegpt.sources import add_source_flags, count_arg
 
 EXIT_USAGE = 2
 
@@ -31,8 +32,10 @@ def _emit(result: dict, as_json: bool, text_lines: list[str]) -> None:
 
 def cmd_demo(args) -> int:
     from homegpt.demo import run_demo
+    from homegpt.sources import source_spec
 
-    result = run_demo(args.data, args.out, seconds=args.seconds, force=args.force, device=args.device,
+    data = source_spec(args.data, args.hf_config, args.split, args.text_column, args.revision)
+    result = run_demo(data, args.out, seconds=args.seconds, force=args.force, device=args.device,
                       progress=not args.no_progress)
     lines = [
         f"run directory: {result['run_dir']}",
@@ -118,8 +121,10 @@ def cmd_train(args, overrides: list[str]) -> int:
 
 def cmd_eval(args) -> int:
     from homegpt.evaluate import evaluate_run
+    from homegpt.sources import source_spec
 
-    r = evaluate_run(args.run, args.data, device=args.device)
+    data = source_spec(args.data, args.hf_config, args.split, args.text_column, args.revision) if args.data else None
+    r = evaluate_run(args.run, data, device=args.device)
     lines = [f"{r['data']}: {r['tokens']:,} tokens, {r['bytes']:,} bytes",
              f"loss {r['loss']:.4f} nats/token | perplexity {r['perplexity']:.3f} | {r['bpb']:.4f} bits/byte"]
     _emit(r, args.json, lines)
@@ -132,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     d = sub.add_parser("demo", help="the whole pipeline on a small corpus in a few minutes")
-    d.add_argument("--data", default="builtin", help="source: builtin (default) or file:PATH")
+    d.add_argument("--data", default="builtin", help="source: builtin (default), file:PATH or hf:NAME")
+    add_source_flags(d)
     d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     d.add_argument("--seconds", type=float, default=280.0, help="wall-time budget for the whole demo")
     d.add_argument("--device", default="auto")
@@ -140,8 +146,6 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-progress", action="store_true")
     d.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
     d.set_defaults(func=cmd_demo)
-
-    from homegpt.sources import add_source_flags, count_arg
 
     t = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer on a seeded sample of a corpus")
     t.add_argument("--data", default="builtin", help="source: builtin, file:PATH or hf:NAME")
@@ -190,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="held-out loss, perplexity and bits per byte of a run")
     e.add_argument("run")
     e.add_argument("--data", default=None, help="evaluate on this source's held-out split instead")
+    add_source_flags(e)
     e.add_argument("--device", default="auto")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval)

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from homegpt.errors import UserError
+from homegpt.sources import add_source_flags, source_spec
 
 
 def register(sub) -> None:
@@ -39,6 +40,7 @@ def register(sub) -> None:
     model.add_argument("--tokenizer", help="tokenizer.json (or folder): its vocabulary, and exact counts for --data")
     model.add_argument("--unique-tokens", type=float, help="distinct training tokens you have (data-constrained)")
     model.add_argument("--data", help="count the unique tokens of a source (builtin, file:PATH) or prepared folder")
+    add_source_flags(model)
     model.add_argument("--data-dir", help="prepared data for the written config (its tokens are counted too)")
     out = p.add_argument_group("output")
     out.add_argument("--plot", help="write IsoFLOP curves to this .png")
@@ -59,6 +61,7 @@ def register(sub) -> None:
 
     s = sub.add_parser("sweep", help="IsoFLOP sweep on your data with the real trainer; results for homegpt fit")
     s.add_argument("--data", required=True, help="source (builtin, file:PATH) or a prepared data folder")
+    add_source_flags(s)
     s.add_argument("--budgets", required=True, help="comma-separated FLOP budgets, e.g. 3e13,1e14,3e14")
     s.add_argument("--sizes-per-budget", type=int, default=5, help="model sizes per budget (default 5)")
     s.add_argument("--out", default="runs/sweep", help="sweep folder: data, runs and results.csv")
@@ -88,7 +91,7 @@ def _plan_inputs(args) -> tuple[dict, list[str]]:
     for flag, value in (("--unique-tokens", unique), ("--vocab-size", vocab), ("--bytes-per-token", bpt)):
         if value is not None and not value > 0:
             raise UserError(f"{flag} must be positive, got {value:g}")
-    spec = args.data
+    spec = data_arg(args)
     if spec is None and args.data_dir and (Path(args.data_dir) / "manifest.json").is_file():
         spec = args.data_dir
     if spec is not None:
@@ -242,10 +245,18 @@ def fit_table(r: dict) -> list[str]:
 # ---- sweep ---------------------------------------------------------------------------------------------
 
 
+def data_arg(args) -> str | None:
+    """--data refined by --hf-config / --split / --text-column / --revision (a prepared folder stays as is)."""
+    flags = (args.hf_config, args.split, args.text_column, args.revision)
+    if args.data is None or not any(flags):
+        return args.data
+    return source_spec(args.data, *flags)
+
+
 def cmd_sweep(args) -> int:
     from homegpt.sweep import parse_budgets, run_sweep
 
-    result = run_sweep(args.data, parse_budgets(args.budgets), args.sizes_per_budget, args.out,
+    result = run_sweep(data_arg(args), parse_budgets(args.budgets), args.sizes_per_budget, args.out,
                        vocab_size=args.vocab_size, tokenizer=args.tokenizer, block_size=args.block_size,
                        spread=args.spread, law=args.law, device=args.device, lr=args.lr,
                        batch_tokens=args.batch_tokens, threads=args.threads, progress=not args.no_progress)

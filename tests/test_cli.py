@@ -151,3 +151,18 @@ def test_corrupted_checkpoint_and_foreign_tokenizer_via_cli(trained_run, tmp_pat
     capsys.readouterr()
     code, _, err = run_cli(capsys, "sample", other, "--prompt", "hi")
     assert code == 2 and "not the tokenizer" in err
+
+
+def test_source_flags_on_demo_and_eval(trained_run, tmp_path, capsys):
+    """--text-column refines --data for eval (and demo) as it does for tokenizer and prepare."""
+    import json as _json
+
+    run, _ = trained_run
+    rows = [{"body": f"Line {i} about the sea and the ships."} for i in range(40)]
+    (tmp_path / "x.jsonl").write_text("\n".join(_json.dumps(r) for r in rows))
+    code, out, err = run_cli(capsys, "eval", run, "--data", f"file:{tmp_path / 'x.jsonl'}", "--text-column", "body",
+                             "--json")
+    assert code == 0, err
+    assert last_json(out)["bytes"] > 0
+    code, _, err = run_cli(capsys, "eval", run, "--data", f"file:{tmp_path / 'x.jsonl'}", "--text-column", "nope")
+    assert code == 2 and "nope" in err
