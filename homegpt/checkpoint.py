@@ -68,7 +68,7 @@ def save_checkpoint(
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             rng[f"torch_cuda_{i}"] = s
     save_file(rng, str(tmp / "rng.safetensors"))
-    state = dict(state, step=step, python_rng=_python_rng(), numpy_rng=_numpy_rng())
+    state = dict(state, step=step, python_rng=python_rng_json(), numpy_rng=numpy_rng_json())
     (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
@@ -113,13 +113,15 @@ def load_optimizer_tensors(model: GPT, optimizer: torch.optim.Optimizer, tensors
         optimizer.state[p][field] = value.to(target_device)
 
 
-def _python_rng() -> list:
-    version, internal, gauss = random.getstate()
+def python_rng_json(rng: random.Random | None = None) -> list:
+    """The state of `rng` (default: the global generator) as JSON."""
+    version, internal, gauss = (rng or random).getstate()
     return [version, list(internal), gauss]
 
 
-def _numpy_rng() -> dict:
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+def numpy_rng_json(rs: np.random.RandomState | None = None) -> dict:
+    """The state of `rs` (default: numpy's global generator) as JSON."""
+    name, keys, pos, has_gauss, cached = (rs or np.random).get_state()
     return {"name": name, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}
 
 

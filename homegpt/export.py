@@ -34,6 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from homegpt import __version__
+from homegpt.checkpoint import numpy_rng_json, python_rng_json
 from homegpt.errors import UserError
 from homegpt.model import GPT, GPTConfig, count_params
 from homegpt.tokenizer import EOT, file_sha256, load_tokenizer
@@ -476,16 +477,13 @@ def write_fresh_checkpoint(ckpt: Path, weights: dict[str, torch.Tensor], step: i
     save_file(weights, str(ckpt / "model.safetensors"))
     gen = torch.Generator().manual_seed(seed + step)
     save_file({"torch_cpu": gen.get_state(), "loader": gen.get_state()}, str(ckpt / "rng.safetensors"))
-    version, internal, gauss = random.Random(seed + step).getstate()
-    name, keys, pos, has_gauss, cached = np.random.RandomState(seed + step).get_state()
     old_eval = meta.get("eval") or {}
     state = {
         "step": step,
         "tokens": int(old_eval.get("tokens_trained", 0)),
         "elapsed_s": float(old_eval.get("train_seconds", 0.0)),
-        "python_rng": [version, list(internal), gauss],
-        "numpy_rng": {"name": name, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
-                      "cached": float(cached)},
+        "python_rng": python_rng_json(random.Random(seed + step)),
+        "numpy_rng": numpy_rng_json(np.random.RandomState(seed + step)),
         "imported": True,
     }
     if "val_loss" in old_eval:

@@ -38,7 +38,6 @@ from homegpt.shards import (
     fsync_dir,
     open_split,
     read_manifest,
-    sha256_file,
     verify,
     write_json_atomic,
 )
@@ -406,7 +405,7 @@ def _finish(out: Path, run: _Run, tok_file: Path, tok, src, settings: dict, kind
             raise UserError(f"source {src.spec!r} gives too little {what} text to use: give it more text")
     for name in SPLITS:
         for shard in st["splits"][name]["shards"]:
-            if sha256_file(out / shard["file"]) != shard["sha256"]:
+            if file_sha256(out / shard["file"]) != shard["sha256"]:
                 raise UserError(f"{out / shard['file']} changed on disk while being written: prepare again")
     tmp_tok = out / "tokenizer.json.tmp"
     shutil.copyfile(tok_file, tmp_tok)

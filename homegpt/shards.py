@@ -31,7 +31,8 @@ def shard_name(split: str, index: int) -> str:
 SHARD_RE = re.compile(r"^(train|val)-(\d{5})\.bin(\.tmp)?$")
 
 
-def sha256_file(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, read in blocks (shards can be large)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(HASH_BLOCK):
@@ -201,7 +202,6 @@ def split_shards(info: dict) -> list[dict]:
 
 
 def read_manifest(data_dir: str | Path) -> dict:
-    from homegpt.tokenizer import file_sha256
 
     d = Path(data_dir)
     path = d / "manifest.json"
@@ -246,7 +246,7 @@ def check_shard(path: Path, shard: dict, dtype: np.dtype, verify: bool) -> None:
     if size != expected:
         raise UserError(f"{path} is truncated or damaged: {size:,} bytes, the manifest says {expected:,} "
                         f"({shard['tokens']:,} tokens): prepare again")
-    if verify and "sha256" in shard and sha256_file(path) != shard["sha256"]:
+    if verify and "sha256" in shard and file_sha256(path) != shard["sha256"]:
         raise UserError(f"{path} is corrupted: its SHA-256 differs from the manifest's: prepare again with --force")
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from homegpt.errors import UserError
+from homegpt.shards import file_sha256  # noqa: F401  (the tokenizer's hash, re-exported for callers)
 from homegpt.sources import PIECE_CHARS, Corpus, as_source, cut_pieces, iter_assigned
 
 DEFAULT_SAMPLE_BYTES = 100_000_000
@@ -164,10 +165,6 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     if tok.token_to_id(EOT) is None:
         raise UserError(f"{p} has no {EOT} token: train it with homegpt tokenizer")
     return tok
-
-
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def token_byte_lengths(tok: Tokenizer, model_vocab: int) -> list[int]:
