@@ -1,11 +1,15 @@
 """Training throughput: homegpt vs Hugging Face transformers' GPT2LMHeadModel, side by side in one run.
 
 Same shape (layers, heads, width, vocabulary, sequence length), same batch, fp32, SDPA attention, the same
-AdamW settings, random tokens. The two are timed in alternating rounds (ABAB...) so that machine noise hits
-both alike; each round is several optimizer steps after a warm-up; the median round counts.
+AdamW settings, random tokens. Each library trains in its own worker process, set up the way a user of it
+would run it: the homegpt worker does what `homegpt train` does on a CPU before training (it keeps freed
+memory for reuse: `homegpt.device.tune_cpu_allocator`), the transformers worker is a plain PyTorch loop.
+The workers take turns (ABAB...) so that machine noise hits both alike; each round is several optimizer
+steps after a warm-up; the median round counts. --same-process times both models in this one process
+instead, under the same allocator, which measures the model code alone.
 
-    python benchmarks/train_throughput.py [--json] [--n-layer 4 --n-head 4 --n-embd 192 --block-size 128
-                                           --vocab-size 2048 --batch 32 --rounds 5 --steps 4]
+    python benchmarks/train_throughput.py [--json] [--same-process] [--n-layer 4 --n-head 4 --n-embd 192
+        --block-size 128 --vocab-size 2048 --batch 32 --rounds 5 --steps 4]
 
 Also prints achieved GFLOP/s (6N + 12 * n_layer * n_embd * block_size FLOPs per token, the PaLM formula).
 With --json the last line is one JSON object with homegpt_tokens_per_s, transformers_tokens_per_s, ratio.
@@ -17,11 +21,16 @@ import argparse
 import json
 import platform
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
 
+from homegpt.device import tune_cpu_allocator
 from homegpt.model import GPT, GPTConfig, flops_per_token
+
+SIDES = ("homegpt", "transformers")
 
 
 def make_homegpt(cfg: GPTConfig):
@@ -40,7 +49,7 @@ def make_transformers(cfg: GPTConfig):
     hf_cfg = GPT2Config(
         vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
         n_head=cfg.n_head, activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        layer_norm_epsilon=1e-5, tie_word_embeddings=True,
+        layer_norm_epsilon=1e-5, tie_word_embeddings=True, bos_token_id=None, eos_token_id=None,
     )
     model = GPT2LMHeadModel._from_config(hf_cfg, attn_implementation="sdpa")
 
@@ -51,14 +60,67 @@ def make_transformers(cfg: GPTConfig):
     return model, step
 
 
-def time_round(model, step, x, y, opt, steps: int) -> float:
-    t = time.perf_counter()
-    for _ in range(steps):
-        loss = step(x, y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    return steps * x.numel() / (time.perf_counter() - t)
+class Contender:
+    """One library's model, optimizer and batch, ready to time rounds of training steps."""
+
+    def __init__(self, side: str, cfg: GPTConfig, batch: int) -> None:
+        torch.manual_seed(0)
+        data = torch.randint(0, cfg.vocab_size, (batch, cfg.block_size + 1))
+        self.x, self.y = data[:, :-1].contiguous(), data[:, 1:].contiguous()
+        self.model, self.step = (make_homegpt if side == "homegpt" else make_transformers)(cfg)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+        self.params = sum(p.numel() for p in self.model.parameters())
+        self.time_round(1)  # warm-up: allocator, kernels
+
+    def time_round(self, steps: int) -> float:
+        t = time.perf_counter()
+        for _ in range(steps):
+            loss = self.step(self.x, self.y)
+            loss.backward()
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+        return steps * self.x.numel() / (time.perf_counter() - t)
+
+
+def model_config(args) -> GPTConfig:
+    return GPTConfig(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, block_size=args.block_size,
+                     vocab_size=args.vocab_size)
+
+
+def worker(args) -> None:
+    """Serve rounds on stdin/stdout: print the parameter count, then one tokens/s line per 'round' line."""
+    if args.worker == "homegpt":
+        tune_cpu_allocator()  # as `homegpt train` does on a CPU
+    contender = Contender(args.worker, model_config(args), args.batch)
+    print(contender.params, flush=True)
+    for line in sys.stdin:
+        if line.strip() != "round":
+            break
+        print(contender.time_round(args.steps), flush=True)
+
+
+class Remote:
+    """A worker process driven over pipes: one round at a time, while the other worker waits."""
+
+    def __init__(self, side: str, argv: list[str]) -> None:
+        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", side, *argv], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        self.params = int(self._read())
+
+    def _read(self) -> str:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"benchmark worker exited with code {self.proc.wait()}")
+        return line
+
+    def time_round(self, steps: int) -> float:
+        self.proc.stdin.write("round\n")
+        self.proc.stdin.flush()
+        return float(self._read())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
 
 
 def main() -> None:
@@ -71,39 +133,48 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--same-process", action="store_true", help="time both models in this process")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.worker:
+        return worker(args)
 
-    torch.manual_seed(0)
-    cfg = GPTConfig(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, block_size=args.block_size,
-                    vocab_size=args.vocab_size)
-    data = torch.randint(0, cfg.vocab_size, (args.batch, cfg.block_size + 1))
-    x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()
-    contenders = {"homegpt": make_homegpt(cfg)}
+    cfg = model_config(args)
     try:
-        contenders["transformers"] = make_transformers(cfg)
+        import transformers  # noqa: F401
+
+        sides = SIDES
     except ImportError:
         print("transformers is not installed: measuring homegpt alone (pip install transformers)")
-    opts = {name: torch.optim.AdamW(m.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
-            for name, (m, _) in contenders.items()}
-    for name, (m, step) in contenders.items():  # warm-up: allocator, kernels
-        time_round(m, step, x, y, opts[name], 1)
-    rates: dict[str, list[float]] = {name: [] for name in contenders}
+        sides = SIDES[:1]
+    if args.same_process:
+        contenders = {side: Contender(side, cfg, args.batch) for side in sides}
+    else:
+        argv = [a for a in sys.argv[1:] if a not in ("--json", "--same-process")]
+        contenders = {side: Remote(side, argv) for side in sides}
+    rates: dict[str, list[float]] = {side: [] for side in sides}
     for _ in range(args.rounds):
-        for name, (m, step) in contenders.items():
-            rates[name].append(time_round(m, step, x, y, opts[name], args.steps))
+        for side, c in contenders.items():
+            rates[side].append(c.time_round(args.steps))
+    if not args.same_process:
+        for c in contenders.values():
+            c.close()
     fpt = flops_per_token(cfg)
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "torch": torch.__version__,
+        "mode": "same process" if args.same_process else "one process per library",
         "shape": {"n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd, "block_size": cfg.block_size,
                   "vocab_size": cfg.vocab_size, "batch": args.batch},
-        "params": sum(p.numel() for p in contenders["homegpt"][0].parameters()),
+        "params": contenders["homegpt"].params,
         "homegpt_tokens_per_s": statistics.median(rates["homegpt"]),
+        "homegpt_rounds": [round(r, 1) for r in rates["homegpt"]],
     }
     result["homegpt_gflops"] = result["homegpt_tokens_per_s"] * fpt / 1e9
     if "transformers" in rates:
         result["transformers_tokens_per_s"] = statistics.median(rates["transformers"])
+        result["transformers_rounds"] = [round(r, 1) for r in rates["transformers"]]
         result["ratio"] = result["homegpt_tokens_per_s"] / result["transformers_tokens_per_s"]
     for key, value in result.items():
         if not args.json:

@@ -77,9 +77,62 @@ def save_checkpoint(
         shutil.rmtree(final)
     tmp.rename(final)
     fsync_dir(root)
-    for old in checkpoint_dirs(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    prune_checkpoints(run_dir, keep)
     return final
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    """Delete all but the newest `keep` checkpoints and the best one by held-out loss."""
+    ckpts = checkpoint_dirs(run_dir)
+    kept = set(ckpts[-keep:])
+    best = best_checkpoint(run_dir)
+    if best is not None:
+        kept.add(best)
+    for old in ckpts:
+        if old not in kept:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def checkpoint_val_loss(ckpt: Path) -> float | None:
+    """The held-out loss recorded with a checkpoint (None if it was written between evaluations)."""
+    try:
+        value = json.loads((ckpt / "state.json").read_text(encoding="utf-8")).get("val_loss")
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def best_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint with the lowest held-out loss (the newest among equals), or None if none has one.
+
+    Every evaluation during training measures the same first `eval_tokens` held-out tokens, so these
+    losses compare across checkpoints; the final evaluation over the whole split is recorded in eval.json.
+    """
+    best, best_loss = None, float("inf")
+    for ckpt in checkpoint_dirs(run_dir):  # oldest first, so `<=` lets the newest of equal losses win
+        loss = checkpoint_val_loss(ckpt)
+        if loss is not None and loss <= best_loss:
+            best, best_loss = ckpt, loss
+    return best
+
+
+def find_checkpoint(run_dir: Path, step: int | str | None = None) -> Path:
+    """A run's checkpoint: the latest (step None or 'latest'), the best by held-out loss, or a step number."""
+    ckpts = checkpoint_dirs(run_dir)
+    if not ckpts:
+        raise UserError(f"run {run_dir} has no checkpoint yet: train it first")
+    if step is None or step == "latest":
+        return ckpts[-1]
+    if step == "best":
+        best = best_checkpoint(run_dir)
+        if best is None:
+            raise UserError(f"no checkpoint of {run_dir} records a held-out loss: use --step latest")
+        return best
+    named = [c for c in ckpts if c.name == f"{CKPT_PREFIX}{step:06d}"]
+    if not named:
+        have = ", ".join(str(int(c.name.removeprefix(CKPT_PREFIX))) for c in ckpts)
+        raise UserError(f"run {run_dir} has no checkpoint at step {step}: it has {have}, latest and best")
+    return named[0]
 
 
 def model_state(model: GPT) -> dict[str, torch.Tensor]:
@@ -187,17 +240,13 @@ def read_run_info(run_dir: str | Path) -> dict:
         raise UserError(f"{path}/run.json is damaged") from None
 
 
-def load_run(run_dir: str | Path, device: str = "auto", step: int | None = None) -> Run:
-    """A run's model (latest checkpoint's weights, in eval mode) and tokenizer, ready to evaluate or sample."""
+def load_run(run_dir: str | Path, device: str = "auto", step: int | str | None = None) -> Run:
+    """A run's model (latest, best or a given step's weights; eval mode) and tokenizer, to evaluate or sample."""
     from homegpt.tokenizer import file_sha256, load_tokenizer, token_byte_lengths
 
     path = Path(run_dir)
     info = read_run_info(path)
-    ckpts = checkpoint_dirs(path)
-    if step is not None:
-        ckpts = [c for c in ckpts if c.name == f"{CKPT_PREFIX}{step:06d}"]
-    if not ckpts:
-        raise UserError(f"run {path} has no checkpoint yet: train it first")
+    ckpt = find_checkpoint(path, step)
     tok_path = path / "tokenizer.json"
     tokenizer = load_tokenizer(tok_path)
     if file_sha256(tok_path) != info["tokenizer_sha256"]:
@@ -207,8 +256,8 @@ def load_run(run_dir: str | Path, device: str = "auto", step: int | None = None)
         raise UserError(f"{tok_path} has {tokenizer.get_vocab_size()} tokens, the model only {cfg.vocab_size}")
     dev = pick_device(device)
     model = GPT(cfg)
-    weights, _, _, state = read_checkpoint(ckpts[-1])
-    load_weights(model, weights, ckpts[-1])
+    weights, _, _, state = read_checkpoint(ckpt)
+    load_weights(model, weights, ckpt)
     model.to(dev).eval()
     token_bytes = torch.tensor(token_byte_lengths(tokenizer, cfg.vocab_size), dtype=torch.long)
     return Run(

@@ -124,7 +124,7 @@ def cmd_eval(args) -> int:
     from homegpt.sources import source_spec
 
     data = source_spec(args.data, args.hf_config, args.split, args.text_column, args.revision) if args.data else None
-    r = evaluate_run(args.run, data, device=args.device)
+    r = evaluate_run(args.run, data, device=args.device, step=args.step)
     lines = [f"{r['data']}: {r['tokens']:,} tokens, {r['bytes']:,} bytes",
              f"loss {r['loss']:.4f} nats/token | perplexity {r['perplexity']:.3f} | {r['bpb']:.4f} bits/byte"]
     _emit(r, args.json, lines)
@@ -195,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run")
     e.add_argument("--data", default=None, help="evaluate on this source's held-out split instead")
     add_source_flags(e)
+    e.add_argument("--step", type=share_cli.step_arg, default=None, help=share_cli.STEP_HELP)
     e.add_argument("--device", default="auto")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval)

@@ -65,14 +65,15 @@ def evaluate_tokens(
     }
 
 
-def evaluate_run(run_dir: str | Path, source: str | None = None, batch_size: int = 8, device: str = "auto") -> dict:
-    """Evaluate a run's latest weights on its own held-out split, or on another source's held-out text."""
+def evaluate_run(run_dir: str | Path, source: str | None = None, batch_size: int = 8, device: str = "auto",
+                 step: int | str | None = None) -> dict:
+    """Evaluate a run's weights (latest, best or `step`) on its own held-out split or another source's."""
     from homegpt.checkpoint import load_run
     from homegpt.prepare import open_split
     from homegpt.sources import load_corpus
     from homegpt.tokenizer import EOT
 
-    run = load_run(run_dir, device=device)
+    run = load_run(run_dir, device=device, step=step)
     if source is None:
         if not run.data_dir:
             raise UserError(f"run {run_dir} records no data directory (an imported model?): pass --data SOURCE")

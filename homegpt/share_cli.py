@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -45,7 +46,7 @@ def cmd_sample(args) -> int:
 
     opts = _options(args)
     prompts = [] if args.interactive else _prompts(args)
-    run = load_run(args.run, device=args.device)
+    run = load_run(args.run, device=args.device, step=args.step)
     for p in prompts:  # every prompt is checked before anything is printed
         encode_prompt(run.tokenizer, p, run.model.config.block_size, opts.max_new_tokens)
     if args.interactive:
@@ -148,8 +149,20 @@ def cmd_push(args) -> int:
     return 0
 
 
+STEP_HELP = "checkpoint: latest (default), best (lowest held-out loss) or a step number"
+
+
+def step_arg(text: str) -> int | str:
+    """A --step value: latest, best or a step number."""
+    if text in ("latest", "best"):
+        return text
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"use latest, best or a step number, not {text!r}")
+    return int(text)
+
+
 def _add_card_flags(p) -> None:
-    p.add_argument("--step", type=int, default=None, help="export this checkpoint step (default: the latest)")
+    p.add_argument("--step", type=step_arg, default=None, help=STEP_HELP)
     p.add_argument("--name", default=None, help="model name in the card (default: the repo or folder name)")
     p.add_argument("--license", default="mit", help="license in the card's metadata (default mit)")
     p.add_argument("--language", default="en", help="language code in the card's metadata (default en)")
@@ -173,6 +186,7 @@ def register(sub) -> None:
     s.add_argument("--num-samples", type=int, default=1)
     s.add_argument("--batch-size", type=int, default=16, help="rows per batch when sampling many prompts")
     s.add_argument("--interactive", action="store_true", help="read prompts from stdin, one per line, until EOF")
+    s.add_argument("--step", type=step_arg, default=None, help=STEP_HELP)
     s.add_argument("--device", default="auto")
     s.add_argument("--json", action="store_true", help="JSON output (one object per prompt with --interactive)")
     s.set_defaults(func=cmd_sample)

@@ -12,10 +12,8 @@ SIGTERM / SIGINT finish the current step, write a checkpoint and stop (exit code
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-import os
 import random
 import shutil
 import signal
@@ -47,10 +45,13 @@ from homegpt.device import (
     is_out_of_memory,
     make_scaler,
     pick_device,
+    tune_cpu_allocator,
 )
+from homegpt.distributed import agree, broadcast_object, init_distributed, min_int
 from homegpt.errors import UserError
 from homegpt.evaluate import evaluate_tokens
 from homegpt.loader import TokenLoader
+from homegpt.logs import RunLoggers, truncate_metrics
 from homegpt.meter import Meter, peak_flops
 from homegpt.model import GPT, GPTConfig, count_params, flops_per_token
 from homegpt.prepare import open_split, read_manifest
@@ -58,8 +59,6 @@ from homegpt.tokenizer import EOT, load_tokenizer, token_byte_lengths
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "stopped on a signal, checkpoint written; rerun with --resume"
 MAX_BAD_STEPS = 5
-METRICS_FIELDS = ["step", "tokens", "elapsed_s", "lr", "train_loss", "val_loss", "val_bpb", "tokens_per_s",
-                  "mfu", "cost_usd"]
 
 
 def lr_at(step: int, cfg: TrainConfig, total: int) -> float:
@@ -86,23 +85,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def init_distributed(device_name: str) -> tuple[int, int, torch.device]:
-    """(rank, world size, device). Under torchrun: join the process group (NCCL on GPUs, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1, pick_device(device_name)
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
-    if use_cuda:
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return rank, world, device
 
 
 def _prepare_run_dir(out: Path, resume: bool, force: bool) -> Path | None:
@@ -171,6 +153,8 @@ def train(
     """
     rank, world, device = init_distributed(cfg.device)
     main_rank = rank == 0
+    if device.type == "cpu":
+        tune_cpu_allocator()
     log = log or (lambda msg: print(msg, file=sys.stderr))
     out = Path(out_dir)
     manifest, mcfg = resolve(cfg)
@@ -178,10 +162,8 @@ def train(
     if resume_from is not None and _read_run_info(out).get("model") != mcfg.to_dict():
         raise UserError(f"{out} was trained with another model shape or tokenizer: "
                         f"resume with its own config (homegpt train {out} --resume)")
-    if world > 1:  # every rank resumes from the checkpoint rank 0 chose
-        box = [str(resume_from) if resume_from else ""]
-        dist.broadcast_object_list(box, src=0)
-        resume_from = Path(box[0]) if box[0] else None
+    chosen = broadcast_object(str(resume_from) if resume_from else "", world)  # every rank resumes rank 0's pick
+    resume_from = Path(chosen) if chosen else None
     enable_fast_matmul(device)
     autocast = autocast_for(device, cfg.dtype)
     scaler = make_scaler(device, cfg.dtype)
@@ -217,7 +199,7 @@ def train(
         step, elapsed, best_val = state["step"], state["elapsed_s"], state.get("best_val_loss", float("inf"))
         if main_rank:
             (out / "config.toml").write_text(dump_toml(cfg.to_dict()), encoding="utf-8")  # overrides now apply
-            _truncate_metrics(out / "metrics.csv", step)  # rows past the checkpoint are being redone
+            truncate_metrics(out / "metrics.csv", step)  # rows past the checkpoint are being redone
             log(f"resuming {out} from step {step}")
     elif main_rank:
         out.mkdir(parents=True, exist_ok=True)
@@ -229,7 +211,7 @@ def train(
             run_model, device_ids=[device.index] if device.type == "cuda" else None)
     peak, peak_source = peak_flops(device, cfg.peak_tflops or None)
     meter = Meter(flops_per_token(mcfg), peak * world, total_steps, cfg.price, elapsed)
-    loggers = _Loggers(out, cfg, main_rank)
+    loggers = RunLoggers(out, cfg, main_rank)
     if main_rank:
         log(f"{params['total']:,} parameters ({params['non_embedding']:,} non-embedding), {batch_tokens:,} tokens "
             f"per step on {world} x {device}; MFU against {peak / 1e12:.2f} TFLOP/s ({peak_source})")
@@ -263,11 +245,11 @@ def train(
                    "train_loss": train_loss, "tokens_per_s": round(meter.tokens_per_s, 1),
                    "mfu": round(meter.mfu, 4), "cost_usd": round(spent, 6) if cfg.price else ""}
             last = step == total_steps
+            step_val = None  # this step's held-out loss on the periodic tokens: ranks the checkpoints
             if main_rank and (step % cfg.eval_interval == 0 or last):
-                ev = evaluate_tokens(model, val_tokens, token_bytes, eval_batch,
-                                     None if last else cfg.eval_tokens, autocast)
+                ev, step_val = _evaluate(model, val_tokens, token_bytes, eval_batch, cfg, autocast, last)
                 row.update(val_loss=ev["loss"], val_bpb=ev["bpb"])
-                final, best_val = ev, min(best_val, ev["loss"])
+                final, best_val = ev, min(best_val, step_val)
                 msg = (f"step {step}/{total_steps}  train {train_loss:.4f}  val {ev['loss']:.4f}  "
                        f"bpb {ev['bpb']:.3f}  {meter.tokens_per_s:,.0f} tok/s  MFU {meter.mfu:.1%}"
                        + (f"  ${spent:.2f} of ~${projected:.2f}" if cfg.price else ""))
@@ -278,13 +260,15 @@ def train(
                 loggers.write(row)
                 bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{meter.tokens_per_s:,.0f}", mfu=f"{meter.mfu:.1%}")
                 bar.update(1)
-            stopping = _agree(preempt.requested or (stop_after is not None and steps_this_call >= stop_after),
+            stopping = agree(preempt.requested or (stop_after is not None and steps_this_call >= stop_after),
                               world, device)
             if step % (cfg.checkpoint_interval or cfg.eval_interval) == 0 or last or stopping:
                 if main_rank:
                     state = {"tokens": step * batch_tokens, "elapsed_s": meter.elapsed, "best_val_loss": best_val,
                              "total_steps": total_steps, "world_size": world, "micro_batch": micro,
                              "loader": loader.state_dict()}
+                    if step_val is not None:
+                        state["val_loss"] = step_val
                     if scaler is not None:
                         state["grad_scaler"] = scaler.state_dict()
                     save_checkpoint(out, step, model, optimizer, loader.gen.get_state(), state, cfg.keep_checkpoints)
@@ -324,6 +308,19 @@ def train(
 
     plot_loss_curve(out / "metrics.csv", out / "loss.png")
     return result
+
+
+def _evaluate(model, val_tokens, token_bytes, batch: int, cfg: TrainConfig, autocast,
+              final: bool) -> tuple[dict, float]:
+    """(metrics to report, the loss that ranks checkpoints for `best`).
+
+    During training: the first eval_tokens held-out tokens, the same ones each time. At the end: the whole
+    split, and, when the split is longer, those first eval_tokens again so the last checkpoint ranks fairly.
+    """
+    ev = evaluate_tokens(model, val_tokens, token_bytes, batch, None if final else cfg.eval_tokens, autocast)
+    if final and len(val_tokens) > cfg.eval_tokens + 1:
+        return ev, evaluate_tokens(model, val_tokens, token_bytes, batch, cfg.eval_tokens, autocast)["loss"]
+    return ev, ev["loss"]
 
 
 def _train_step(run_model, model, optimizer, scaler, loader: TokenLoader, autocast, grad_clip: float, world: int):
@@ -394,20 +391,7 @@ def auto_micro_batch(model: GPT, cfg: TrainConfig, mcfg: GPTConfig, device: torc
                 torch.cuda.empty_cache()
 
         chosen = find_micro_batch(fits, largest)
-    if world > 1:
-        t = torch.tensor([chosen], device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.MIN)
-        chosen = int(t.item())
-    return chosen
-
-
-def _agree(flag: bool, world: int, device: torch.device) -> bool:
-    """True on every rank if any rank says so (a signal may reach only one of them)."""
-    if world == 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
+    return min_int(chosen, world, device)
 
 
 def _read_run_info(out: Path) -> dict:
@@ -436,62 +420,6 @@ def _write_run_files(out: Path, cfg: TrainConfig, mcfg: GPTConfig, manifest: dic
     (out / "run.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop rows logged after the checkpoint being resumed (a crash can leave some)."""
-    if not path.exists():
-        return
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, METRICS_FIELDS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
-
-
-class _Loggers:
-    """metrics.csv always; TensorBoard and Weights & Biases when the config asks for them."""
-
-    def __init__(self, out: Path, cfg: TrainConfig, active: bool) -> None:
-        self.path, self.active, self.tb, self.wandb = out / "metrics.csv", active, None, None
-        if not active:
-            return
-        if not self.path.exists():
-            with open(self.path, "w", newline="") as f:
-                csv.DictWriter(f, METRICS_FIELDS).writeheader()
-        if cfg.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise UserError("tensorboard = true needs the tensorboard package: pip install tensorboard") from None
-            self.tb = SummaryWriter(str(out / "tensorboard"))
-        if cfg.wandb_project:
-            try:
-                import wandb
-            except ImportError:
-                raise UserError("wandb_project is set but wandb is not installed: pip install wandb") from None
-            self.wandb = wandb.init(project=cfg.wandb_project, config=cfg.to_dict(), dir=str(out))
-
-    def write(self, row: dict) -> None:
-        if not self.active:
-            return
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, METRICS_FIELDS).writerow(row)
-        numbers = {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))}
-        if self.tb is not None:
-            for key, value in numbers.items():
-                self.tb.add_scalar(key, value, row["step"])
-        if self.wandb is not None:
-            self.wandb.log(numbers, step=row["step"])
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-        if self.wandb is not None:
-            self.wandb.finish()
-
-
 def _write_sample(out: Path, model: GPT, tok, step: int, cfg: TrainConfig, mcfg: GPTConfig) -> None:
     """A short sample from a fixed seed, so samples at different steps are comparable."""
     from homegpt.sample import generate_text
@@ -508,6 +436,8 @@ def measure_throughput(cfg: TrainConfig, vocab_size: int, steps: int = 3, device
     """Time real forward/backward/optimizer steps of cfg's model on random tokens: tokens/s and FLOP/s."""
     mcfg = cfg.model_config(vocab_size)
     dev = pick_device(device or cfg.device)
+    if dev.type == "cpu":
+        tune_cpu_allocator()
     autocast = autocast_for(dev, cfg.dtype)
     model = GPT(mcfg).to(dev)
     optimizer = make_optimizer(model, cfg, dev)

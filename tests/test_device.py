@@ -1,6 +1,7 @@
 """Precision and micro-batch choices (the GPU paths' logic, exercised on the CPU)."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -52,3 +53,16 @@ def test_fp16_with_loss_scaling_trains_and_resumes(data_dir, tmp_path):
     assert part["step"] == 2 and state["grad_scaler"]["scale"] > 0
     result = train(cfg, tmp_path / "r", resume=True, **QUIET)
     assert result["finished"] and result["val_loss"] < 7
+
+
+def test_cpu_allocator_tuning_applies_on_linux_and_can_be_turned_off():
+    """Run in fresh interpreters: the setting is process-wide."""
+    import subprocess
+    import sys
+
+    code = "from homegpt.device import tune_cpu_allocator as t; print(t(), t())"
+    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "HOMEGPT_TUNE_MALLOC": "0"}).stdout.split()
+    assert off == ["False", "False"]
+    assert on == (["True", "True"] if sys.platform.startswith("linux") else ["False", "False"])

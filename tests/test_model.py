@@ -94,3 +94,30 @@ def test_too_long_sequence_is_refused():
     model = GPT(small(block_size=8)).eval()
     with pytest.raises(UserError, match="context"):
         list(model.generate(torch.zeros(1, 6, dtype=torch.long), 5))
+
+
+def test_cpu_cross_entropy_equals_pytorch_in_value_and_gradient():
+    """The training loss on CPU goes through model.CrossEntropy; it must be F.cross_entropy exactly."""
+    torch.manual_seed(0)
+    cfg = small(vocab_size=300)
+    a, b = GPT(cfg), GPT(cfg)
+    b.load_state_dict(a.state_dict())
+    x, y = torch.randint(0, 300, (2, 3, 32))
+    _, loss_a = a(x, y)  # grad enabled, CPU, mean: the custom path
+    logits = b(x)[0]
+    loss_b = torch.nn.functional.cross_entropy(logits.view(-1, 300), y.reshape(-1))
+    (2.5 * loss_a).backward()  # a non-unit upstream gradient must scale through
+    (2.5 * loss_b).backward()
+    assert loss_a.item() == pytest.approx(loss_b.item(), abs=1e-6)
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert torch.allclose(pa.grad, pb.grad, atol=1e-7, rtol=1e-5), name
+
+
+def test_per_token_losses_and_no_grad_use_pytorch_cross_entropy():
+    torch.manual_seed(0)
+    model = GPT(small())
+    x, y = torch.randint(0, 128, (2, 2, 32))
+    with torch.no_grad():
+        _, mean = model(x, y)
+        _, per_token = model(x, y, reduction="none")
+    assert per_token.shape == (64,) and per_token.mean().item() == pytest.approx(mean.item(), abs=1e-6)

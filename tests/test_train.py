@@ -105,3 +105,41 @@ def test_non_finite_loss_skips_then_stops(data_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(model_mod.GPT, "forward", nan_forward)
     with pytest.raises(UserError, match="not finite"):
         train(tiny_config(data_dir, max_steps=10, sample_tokens=0), tmp_path / "nan", **QUIET)
+
+
+def test_keeps_the_best_checkpoint_by_held_out_loss_and_commands_can_use_it(data_dir, tmp_path, capsys):
+    """keep_checkpoints = 1 keeps the newest checkpoint and, besides it, the one with the lowest held-out loss;
+    eval, sample and export take --step best (and export describes that checkpoint, not the last one)."""
+    from homegpt.checkpoint import best_checkpoint, checkpoint_val_loss
+    from homegpt.cli import main
+
+    run = tmp_path / "r"
+    # lr 0.1 overshoots: the held-out loss rises after step 2, so the best checkpoint is not the newest.
+    train(tiny_config(data_dir, max_steps=4, eval_interval=2, keep_checkpoints=1, lr=0.1, sample_tokens=0), run,
+          **QUIET)
+    first, last = checkpoint_dirs(run)
+    assert (first.name, last.name) == ("step-000002", "step-000004")
+    assert checkpoint_val_loss(first) < checkpoint_val_loss(last)
+    assert best_checkpoint(run) == first
+
+    assert main(["eval", str(run), "--step", "best", "--json"]) == 0
+    best_eval = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert best_eval["step"] == 2 and best_eval["loss"] < json.loads((run / "eval.json").read_text())["val_loss"]
+    assert main(["sample", str(run), "--step", "best", "--max-new-tokens", "4", "--json"]) == 0
+    assert main(["export", str(run), str(tmp_path / "hf"), "--step", "best", "--json"]) == 0
+    meta = json.loads((tmp_path / "hf" / "homegpt.json").read_text())
+    assert meta["step"] == 2 and meta["eval"]["tokens_trained"] == 2 * 512
+    assert meta["eval"]["val_loss"] == pytest.approx(best_eval["loss"], rel=1e-6)
+    capsys.readouterr()
+    assert main(["eval", str(run), "--step", "3"]) == 2
+    assert "no checkpoint at step 3" in capsys.readouterr().err
+
+
+def test_a_run_without_evaluated_checkpoints_has_no_best(data_dir, tmp_path, capsys):
+    from homegpt.cli import main
+
+    run = tmp_path / "r"
+    train(tiny_config(data_dir, max_steps=2, eval_interval=100, checkpoint_interval=1, sample_tokens=0), run,
+          stop_after=1, **QUIET)
+    assert main(["sample", str(run), "--step", "best"]) == 2
+    assert "records a held-out loss" in capsys.readouterr().err
