@@ -159,11 +159,17 @@ def optimizer_tensors(model: GPT, optimizer: torch.optim.Optimizer) -> dict[str,
 
 def load_optimizer_tensors(model: GPT, optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
     named = dict(unwrap(model).named_parameters())
+    # torch keeps AdamW's step count on the CPU, except fused and capturable AdamW (the CUDA default here),
+    # whose kernels read it as a float32 tensor beside the parameter (torch's own load_state_dict rule).
+    hosted = {id(p): bool(g.get("fused") or g.get("capturable")) for g in optimizer.param_groups for p in g["params"]}
     for key, value in tensors.items():
         name, field = key.split("::")
         p = named[name]
-        target_device = p.device if field != "step" else value.device
-        optimizer.state[p][field] = value.to(target_device)
+        if field != "step":
+            value = value.to(p.device)
+        elif hosted[id(p)]:
+            value = value.to(device=p.device, dtype=torch.float32)
+        optimizer.state[p][field] = value
 
 
 def python_rng_json(rng: random.Random | None = None) -> list:

@@ -143,3 +143,35 @@ def test_a_run_without_evaluated_checkpoints_has_no_best(data_dir, tmp_path, cap
           stop_after=1, **QUIET)
     assert main(["sample", str(run), "--step", "best"]) == 2
     assert "records a held-out loss" in capsys.readouterr().err
+
+
+def test_fused_adamw_resumes_with_its_step_count_beside_the_parameters():
+    """Fused AdamW (used on CUDA) reads `step` as a float32 tensor on the parameter's device; a resumed
+    optimizer must continue exactly like the uninterrupted one (fused AdamW also runs on CPUs)."""
+    from homegpt.checkpoint import load_optimizer_tensors, optimizer_tensors
+    from homegpt.model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    cfg = GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=64)
+    x = torch.randint(0, 64, (2, 9))
+
+    def step(model, opt):
+        model(x[:, :-1], x[:, 1:])[1].backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    a = GPT(cfg)
+    b = GPT(cfg)
+    b.load_state_dict(a.state_dict())
+    opt_a = torch.optim.AdamW(a.parameters(), lr=1e-2, fused=True)
+    opt_b = torch.optim.AdamW(b.parameters(), lr=1e-2, fused=True)
+    step(a, opt_a)
+    step(b, opt_b)
+    saved = optimizer_tensors(b, opt_b)
+    opt_b = torch.optim.AdamW(b.parameters(), lr=1e-2, fused=True)
+    load_optimizer_tensors(b, opt_b, saved)
+    state = opt_b.state[b.lm_head.weight]
+    assert state["step"].dtype == torch.float32 and state["step"].device == b.lm_head.weight.device
+    step(a, opt_a)
+    step(b, opt_b)
+    assert all(torch.equal(pa, pb) for pa, pb in zip(a.parameters(), b.parameters(), strict=True))
