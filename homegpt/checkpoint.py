@@ -30,6 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from homegpt.device import autocast_for, pick_device
+from homegpt.distributed import full_tensor, shard_like
 from homegpt.errors import UserError
 from homegpt.model import GPT, GPTConfig
 from homegpt.shards import fsync_dir
@@ -48,12 +49,13 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
 def save_checkpoint(
     run_dir: Path,
     step: int,
-    model: GPT,
-    optimizer: torch.optim.Optimizer,
+    weights: dict[str, torch.Tensor],
+    optimizer_state: dict[str, torch.Tensor],
     loader_state: torch.Tensor,
     state: dict,
     keep: int,
 ) -> Path:
+    """Write one checkpoint atomically; weights = model_state(model), optimizer_state = optimizer_tensors()."""
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{CKPT_PREFIX}{step:06d}"
@@ -61,8 +63,8 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_file(model_state(model), str(tmp / "model.safetensors"))
-    save_file(optimizer_tensors(model, optimizer), str(tmp / "optimizer.safetensors"))
+    save_file(weights, str(tmp / "model.safetensors"))
+    save_file(optimizer_state, str(tmp / "optimizer.safetensors"))
     rng = {"torch_cpu": torch.get_rng_state(), "loader": loader_state}
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -136,10 +138,12 @@ def find_checkpoint(run_dir: Path, step: int | str | None = None) -> Path:
 
 
 def model_state(model: GPT) -> dict[str, torch.Tensor]:
-    """Weights without the tied head (safetensors refuses shared storage; the head is the embedding)."""
-    sd = {k: v.detach().contiguous() for k, v in unwrap(model).state_dict().items()}
-    sd.pop("lm_head.weight", None)
-    return sd
+    """Weights without the tied head (safetensors refuses shared storage; the head is the embedding).
+
+    Sharded (FSDP) weights are gathered whole: then every rank must call this, in step.
+    """
+    return {k: full_tensor(v).detach().contiguous() for k, v in unwrap(model).state_dict().items()
+            if k != "lm_head.weight"}
 
 
 def unwrap(model):
@@ -148,11 +152,14 @@ def unwrap(model):
 
 
 def optimizer_tensors(model: GPT, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """AdamW's state as flat tensors keyed 'param name::field', whole even when sharded (FSDP: a collective),
+    so a checkpoint loads the same way whatever the number of ranks or the parallelism that wrote it."""
     names = {id(p): n for n, p in unwrap(model).named_parameters()}
     out = {}
     for group in optimizer.param_groups:
         for p in group["params"]:
             for key, value in optimizer.state.get(p, {}).items():
+                value = full_tensor(value)
                 out[f"{names[id(p)]}::{key}"] = value.detach().reshape(value.shape).contiguous()
     return out
 
@@ -166,7 +173,7 @@ def load_optimizer_tensors(model: GPT, optimizer: torch.optim.Optimizer, tensors
         name, field = key.split("::")
         p = named[name]
         if field != "step":
-            value = value.to(p.device)
+            value = shard_like(value, p)  # this rank's shard under FSDP
         elif hosted[id(p)]:
             value = value.to(device=p.device, dtype=torch.float32)
         optimizer.state[p][field] = value
@@ -210,7 +217,7 @@ def read_checkpoint(ckpt: Path) -> tuple[dict, dict, dict, dict]:
 
 
 def load_weights(model: GPT, weights: dict[str, torch.Tensor], where: Path) -> None:
-    expected = set(model_state(model))
+    expected = set(unwrap(model).state_dict()) - {"lm_head.weight"}
     if set(weights) != expected:
         raise UserError(f"{where} does not match this model's layers: is it from another run?")
     own = unwrap(model).state_dict()

@@ -51,6 +51,9 @@ class TrainConfig:
     # auto: CUDA bf16 where supported, else fp16 with loss scaling; CPU/MPS fp32. Or fp32 | bf16 | fp16.
     dtype: str = "auto"
     compile: str = "auto"  # torch.compile the model: auto (on for CUDA) | on | off
+    # under torchrun: ddp (every rank holds the whole model) | fsdp (FSDP2: parameters, gradients and
+    # optimizer moments sharded across ranks, for models whose training state doesn't fit one device)
+    parallel: str = "ddp"
     # --- the live meter and loggers
     price: float = 0.0  # USD per device-hour (all devices of the run together): shows dollars spent/projected
     peak_tflops: float = 0.0  # the device's peak for MFU; 0 = GPU table, or a measured matmul rate on CPU
@@ -97,6 +100,8 @@ class TrainConfig:
             raise UserError(f"micro_batch must be >= 0 (0 = automatic), got {self.micro_batch}")
         if self.dtype not in ("auto", "fp32", "bf16", "fp16"):
             raise UserError(f"dtype must be auto, fp32, bf16 or fp16, got {self.dtype!r}")
+        if self.parallel not in ("ddp", "fsdp"):
+            raise UserError(f"parallel must be ddp or fsdp, got {self.parallel!r}")
         self.compile = {"true": "on", "false": "off"}.get(str(self.compile).lower(), str(self.compile).lower())
         if self.compile not in ("auto", "on", "off"):
             raise UserError(f"compile must be auto, on or off, got {self.compile!r}")

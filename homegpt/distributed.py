@@ -1,8 +1,10 @@
-"""Many processes, one run: joining torchrun's process group and agreeing across ranks.
+"""Many processes, one run: joining torchrun's process group, agreeing across ranks, sharding with FSDP2.
 
 Under `torchrun` every process gets RANK, LOCAL_RANK and WORLD_SIZE in its environment. Each joins one
-process group (NCCL between GPUs, gloo between CPU processes); rank 0 is the one that logs, evaluates and
-writes checkpoints. Without torchrun, WORLD_SIZE is absent and the run is a single process.
+process group (NCCL between GPUs, gloo between CPU processes); rank 0 is the one that logs and writes
+checkpoints. With DDP every rank holds the whole model; with FSDP2 (`parallel = "fsdp"`) each holds a shard,
+so every rank takes part in evaluation and in gathering a checkpoint. Without torchrun, WORLD_SIZE is
+absent and the run is a single process.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from homegpt.device import pick_device
+from homegpt.errors import UserError
 
 
 def init_distributed(device_name: str) -> tuple[int, int, torch.device]:
@@ -57,3 +60,48 @@ def min_int(value: int, world: int, device: torch.device) -> int:
     t = torch.tensor([value], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return int(t.item())
+
+
+# --- FSDP2: parameters, gradients and optimizer moments sharded across ranks --------------------------------
+
+try:  # public since PyTorch 2.5; older versions have no FSDP2 either
+    from torch.distributed.tensor import DTensor, distribute_tensor
+except ImportError:  # pragma: no cover - old PyTorch
+    DTensor, distribute_tensor = (), None
+
+
+def shard_model(model, compile_blocks: bool) -> None:
+    """FSDP2 (`fully_shard`): every rank holds 1/world of each parameter, its gradient and its AdamW moments.
+
+    Each transformer block is its own unit: its parameters are all-gathered just before it runs and freed
+    right after, so only one block is ever whole in memory. The embeddings, the final LayerNorm and the
+    output head tied to the token embedding form the root unit. With compile, each block is compiled before
+    it is sharded (the order torchtitan uses).
+    """
+    try:
+        from torch.distributed.fsdp import fully_shard
+    except ImportError:
+        raise UserError('parallel = "fsdp" needs PyTorch 2.6 or newer: upgrade torch or use parallel = "ddp"') from None
+    for block in model.transformer.h:
+        if compile_blocks:
+            block.compile()
+        fully_shard(block)
+    fully_shard(model)
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor behind a sharded DTensor, moved to the CPU (a collective: every rank must call it in
+    the same order); any other tensor as it is."""
+    return t.full_tensor().cpu() if isinstance(t, DTensor) else t
+
+
+def shard_like(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """A whole tensor (read from a checkpoint on every rank) laid out like `param`: this rank's shard of it
+    when param is a DTensor, else value on param's device."""
+    value = value.to(param.device)
+    if not isinstance(param, DTensor):
+        return value
+    try:  # every rank already has the whole tensor: cut locally, no communication
+        return distribute_tensor(value, param.device_mesh, param.placements, src_data_rank=None)
+    except TypeError:  # older signature: scattered from rank 0
+        return distribute_tensor(value, param.device_mesh, param.placements)

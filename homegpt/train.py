@@ -4,9 +4,10 @@ One call, `train(cfg, out_dir)`, does a whole run into a run directory (see chec
 and returns the final held-out metrics. Resuming restores weights, optimizer moments, the schedule
 position, every RNG and the data loader's generator, so a resumed run continues the identical trajectory.
 
-The same code runs as one process or as many under `torchrun` (DistributedDataParallel: NCCL on GPUs,
-gloo on CPU). Every step draws the same set of windows whatever the number of processes and splits them
-between the ranks, so the tokens per step and the results do not depend on how many ranks there are.
+The same code runs as one process or as many under `torchrun` (DistributedDataParallel, or FSDP2 with
+`parallel = "fsdp"`; NCCL on GPUs, gloo on CPU). Every step draws the same set of windows whatever the
+number of processes and splits them between the ranks, so the tokens per step and the results do not
+depend on how many ranks there are.
 SIGTERM / SIGINT finish the current step, write a checkpoint and stop (exit code EXIT_PREEMPTED).
 """
 
@@ -32,6 +33,8 @@ from homegpt.checkpoint import (
     checkpoint_dirs,
     load_optimizer_tensors,
     load_weights,
+    model_state,
+    optimizer_tensors,
     read_checkpoint,
     restore_rng,
     save_checkpoint,
@@ -45,9 +48,10 @@ from homegpt.device import (
     is_out_of_memory,
     make_scaler,
     pick_device,
+    resolve_dtype,
     tune_cpu_allocator,
 )
-from homegpt.distributed import agree, broadcast_object, init_distributed, min_int
+from homegpt.distributed import agree, broadcast_object, full_tensor, init_distributed, min_int, shard_model
 from homegpt.errors import UserError
 from homegpt.evaluate import evaluate_tokens
 from homegpt.loader import TokenLoader
@@ -167,13 +171,21 @@ def train(
     enable_fast_matmul(device)
     autocast = autocast_for(device, cfg.dtype)
     scaler = make_scaler(device, cfg.dtype)
+    fsdp = world > 1 and cfg.parallel == "fsdp"
+    if fsdp:
+        check_fsdp(cfg, device)
     tok = load_tokenizer(Path(cfg.data_dir) / "tokenizer.json")
     _seed_everything(cfg.seed)
     model = GPT(mcfg).to(device)
-    optimizer = make_optimizer(model, cfg, device)
     ckpt = read_checkpoint(resume_from) if resume_from is not None else None
+    if ckpt is not None:  # whole weights go in before any sharding
+        load_weights(model, ckpt[0], resume_from)
     micro = cfg.micro_batch or (ckpt[3].get("micro_batch", 0) if ckpt else 0)
+    # With FSDP the probe runs on the whole model, before sharding: a safe, conservative choice.
     micro = micro or auto_micro_batch(model, cfg, mcfg, device, autocast, world)
+    if fsdp:
+        shard_model(model, compile_blocks=cfg.compile_enabled(device))
+    optimizer = make_optimizer(model, cfg, device)  # after sharding: it must hold the sharded parameters
     if main_rank and not cfg.micro_batch:
         log(f"micro_batch = {micro} (chosen automatically for {device})")
     eval_batch = max(micro, 8)  # no gradients to hold: evaluation can batch wider than training
@@ -189,8 +201,7 @@ def train(
 
     step, elapsed, best_val = 0, 0.0, float("inf")
     if ckpt is not None:
-        weights, optim, rng, state = ckpt
-        load_weights(model, weights, resume_from)
+        _, optim, rng, state = ckpt
         load_optimizer_tensors(model, optimizer, optim)
         restore_rng(state, rng)
         loader.load_state_dict(state.get("loader", rng["loader"]))
@@ -205,8 +216,8 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
         _write_run_files(out, cfg, mcfg, manifest, params, world)
 
-    run_model = torch.compile(model) if cfg.compile_enabled(device) else model
-    if world > 1:
+    run_model = torch.compile(model) if cfg.compile_enabled(device) and not fsdp else model
+    if world > 1 and not fsdp:
         run_model = torch.nn.parallel.DistributedDataParallel(
             run_model, device_ids=[device.index] if device.type == "cuda" else None)
     peak, peak_source = peak_flops(device, cfg.peak_tflops or None)
@@ -214,7 +225,10 @@ def train(
     loggers = RunLoggers(out, cfg, main_rank)
     if main_rank:
         log(f"{params['total']:,} parameters ({params['non_embedding']:,} non-embedding), {batch_tokens:,} tokens "
-            f"per step on {world} x {device}; MFU against {peak / 1e12:.2f} TFLOP/s ({peak_source})")
+            f"per step on {world} x {device}{' (FSDP)' if fsdp else ''}; MFU against {peak / 1e12:.2f} TFLOP/s "
+            f"({peak_source})")
+        if fsdp and cfg.sample_tokens > 0:
+            log("samples during training are off under FSDP (the weights are sharded): homegpt sample RUN after")
     bar = tqdm(total=total_steps, initial=step, disable=not (progress and main_rank), file=sys.stderr,
                unit="step", dynamic_ncols=True)
     steps_this_call, bad_steps, final = 0, 0, None
@@ -226,7 +240,7 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             train_loss, finite = _train_step(run_model, model, optimizer, scaler, loader, autocast, cfg.grad_clip,
-                                             world)
+                                             world, fsdp)
             if not finite:
                 bad_steps += 1
                 if bad_steps >= MAX_BAD_STEPS:
@@ -246,23 +260,26 @@ def train(
                    "mfu": round(meter.mfu, 4), "cost_usd": round(spent, 6) if cfg.price else ""}
             last = step == total_steps
             step_val = None  # this step's held-out loss on the periodic tokens: ranks the checkpoints
-            if main_rank and (step % cfg.eval_interval == 0 or last):
+            if (main_rank or fsdp) and (step % cfg.eval_interval == 0 or last):  # FSDP: every rank computes
                 ev, step_val = _evaluate(model, val_tokens, token_bytes, eval_batch, cfg, autocast, last)
                 row.update(val_loss=ev["loss"], val_bpb=ev["bpb"])
                 final, best_val = ev, min(best_val, step_val)
+            if main_rank and step_val is not None:
                 msg = (f"step {step}/{total_steps}  train {train_loss:.4f}  val {ev['loss']:.4f}  "
                        f"bpb {ev['bpb']:.3f}  {meter.tokens_per_s:,.0f} tok/s  MFU {meter.mfu:.1%}"
                        + (f"  ${spent:.2f} of ~${projected:.2f}" if cfg.price else ""))
                 bar.write(msg, file=sys.stderr) if progress else log(msg)
-                if cfg.sample_tokens > 0:
+                if cfg.sample_tokens > 0 and not fsdp:
                     _write_sample(out, model, tok, step, cfg, mcfg)
             if main_rank:
                 loggers.write(row)
                 bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{meter.tokens_per_s:,.0f}", mfu=f"{meter.mfu:.1%}")
                 bar.update(1)
             stopping = agree(preempt.requested or (stop_after is not None and steps_this_call >= stop_after),
-                              world, device)
+                             world, device)
             if step % (cfg.checkpoint_interval or cfg.eval_interval) == 0 or last or stopping:
+                if main_rank or fsdp:  # FSDP: every rank takes part in gathering the whole state
+                    weights, optim = model_state(model), optimizer_tensors(model, optimizer)
                 if main_rank:
                     state = {"tokens": step * batch_tokens, "elapsed_s": meter.elapsed, "best_val_loss": best_val,
                              "total_steps": total_steps, "world_size": world, "micro_batch": micro,
@@ -271,7 +288,7 @@ def train(
                         state["val_loss"] = step_val
                     if scaler is not None:
                         state["grad_scaler"] = scaler.state_dict()
-                    save_checkpoint(out, step, model, optimizer, loader.gen.get_state(), state, cfg.keep_checkpoints)
+                    save_checkpoint(out, step, weights, optim, loader.gen.get_state(), state, cfg.keep_checkpoints)
                 if world > 1:
                     dist.barrier()
             if stopping and not last:
@@ -283,10 +300,11 @@ def train(
             t_last = time.perf_counter()  # evaluation and checkpoint time isn't training time
     bar.close()
     loggers.close()
+    if final is None or steps_this_call == 0:  # resumed a finished run: evaluate anyway
+        if main_rank or fsdp:
+            final = evaluate_tokens(model, val_tokens, token_bytes, eval_batch, None, autocast)
     if not main_rank:
         return {}
-    if final is None or steps_this_call == 0:  # resumed a finished run: evaluate anyway
-        final = evaluate_tokens(model, val_tokens, token_bytes, eval_batch, None, autocast)
     result = {
         "run_dir": str(out),
         "finished": True,
@@ -310,6 +328,12 @@ def train(
     return result
 
 
+def check_fsdp(cfg: TrainConfig, device: torch.device) -> None:
+    """What FSDP training here does not support (yet), as a UserError before anything is written."""
+    if resolve_dtype(device, cfg.dtype) == "fp16":  # a GradScaler does not handle sharded gradients
+        raise UserError('parallel = "fsdp" trains in bf16 or fp32, not fp16: set dtype = "bf16" or "fp32"')
+
+
 def _evaluate(model, val_tokens, token_bytes, batch: int, cfg: TrainConfig, autocast,
               final: bool) -> tuple[dict, float]:
     """(metrics to report, the loss that ranks checkpoints for `best`).
@@ -323,13 +347,15 @@ def _evaluate(model, val_tokens, token_bytes, batch: int, cfg: TrainConfig, auto
     return ev, ev["loss"]
 
 
-def _train_step(run_model, model, optimizer, scaler, loader: TokenLoader, autocast, grad_clip: float, world: int):
+def _train_step(run_model, model, optimizer, scaler, loader: TokenLoader, autocast, grad_clip: float, world: int,
+                fsdp: bool = False):
     """One optimizer step over this rank's micro-batches; returns (mean loss over all ranks, finite?)."""
     batches = loader.next_step()
     loss_sum = torch.zeros((), device=next(model.parameters()).device)
     for i, (x, y) in enumerate(batches):
-        # DDP: all-reduce gradients only on the last micro-batch of the step.
-        sync = world == 1 or i == len(batches) - 1
+        # DDP: all-reduce gradients only on the last micro-batch of the step. FSDP reduce-scatters every
+        # micro-batch's gradients, so that no rank ever holds a whole unsharded gradient.
+        sync = world == 1 or fsdp or i == len(batches) - 1
         with (nullcontext() if sync else run_model.no_sync()), autocast:
             _, loss = run_model(x, y)
         scaled = loss / len(batches)
@@ -341,6 +367,7 @@ def _train_step(run_model, model, optimizer, scaler, loader: TokenLoader, autoca
     if scaler is not None:
         scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
+    norm = full_tensor(norm)  # FSDP: a DTensor holding the global norm
     if scaler is not None:
         # fp16: the scaler skips steps with inf/nan gradients itself and lowers the scale, which is routine
         # while it calibrates; only a non-finite loss counts as a bad step.

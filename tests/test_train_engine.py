@@ -2,6 +2,7 @@
 
 import csv
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -65,6 +66,59 @@ def test_two_process_ddp_matches_one_process(data_dir, tmp_path):
     assert single["tokens_trained"] == 6 * 512
     a, b = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
     assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+
+
+def torchrun(*args, timeout=300):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                           "homegpt", "train", *map(str, args), "--no-progress"],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def keep_first_checkpoints(src, dst, n):
+    """A copy of run src as if it had been killed after its n-th checkpoint."""
+    shutil.copytree(src, dst)
+    for ckpt in checkpoint_dirs(dst)[n:]:
+        shutil.rmtree(ckpt)
+
+
+def test_fsdp_matches_one_process_and_checkpoints_move_between_them(data_dir, tmp_path):
+    """FSDP2 on 2 gloo processes: the same trajectory as 1 process; its checkpoints hold whole tensors, so a
+    sharded run resumes in one process and a one-process run resumes sharded, continuing the same run."""
+    kw = dict(max_steps=6, eval_interval=3, checkpoint_interval=1, keep_checkpoints=10, batch_tokens=512,
+              micro_batch=4)
+    config = write_config(tmp_path / "c.toml", data_dir, **kw)
+    single = train(tiny_config(data_dir, sample_tokens=0, **kw), tmp_path / "one", **QUIET)
+    proc = torchrun(config, "--out", tmp_path / "two", "--parallel", "fsdp")
+    assert "(FSDP)" in proc.stderr
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=2e-4)
+    reference = final_weights(tmp_path / "one")
+
+    def close_to_reference(run):
+        weights = final_weights(run)
+        return all(torch.allclose(reference[k], weights[k], atol=1e-4) for k in reference)
+
+    assert close_to_reference(tmp_path / "two")
+    keep_first_checkpoints(tmp_path / "two", tmp_path / "two_then_one", 3)
+    resumed = train(tiny_config(data_dir, sample_tokens=0, **kw), tmp_path / "two_then_one", resume=True, **QUIET)
+    assert resumed["val_loss"] == pytest.approx(single["val_loss"], abs=1e-4)
+    assert close_to_reference(tmp_path / "two_then_one")
+    keep_first_checkpoints(tmp_path / "one", tmp_path / "one_then_two", 3)
+    torchrun(tmp_path / "one_then_two", "--resume", "--parallel", "fsdp")
+    assert close_to_reference(tmp_path / "one_then_two")
+    assert losses(tmp_path / "one_then_two") == pytest.approx(losses(tmp_path / "one"), abs=2e-4)
+
+
+def test_fsdp_refuses_fp16():
+    from homegpt.config import TrainConfig
+    from homegpt.errors import UserError
+    from homegpt.train import check_fsdp
+
+    check_fsdp(TrainConfig(parallel="fsdp", dtype="bf16"), torch.device("cpu"))
+    with pytest.raises(UserError, match='set dtype = "bf16" or "fp32"'):
+        check_fsdp(TrainConfig(parallel="fsdp", dtype="fp16"), torch.device("cpu"))
 
 
 def test_sigterm_writes_a_checkpoint_and_exits_75(data_dir, tmp_path):
