@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from homegpt.checkpoint import checkpoint_dirs
 from homegpt.config import TrainConfig
 from homegpt.device import autocast_for, pick_device
 from homegpt.model import flops_per_token
@@ -86,15 +87,13 @@ def steady_rate(run: Path, skip: int) -> tuple[float, float]:
 
 def peer_rate(cfg: TrainConfig, vocab: int, micro: int, device: torch.device, steps: int) -> float | None:
     """transformers' GPT2LMHeadModel, same shape and batch, bf16 autocast, SDPA, compile, fused AdamW."""
+    from train_throughput import make_transformers  # the CPU benchmark's peer, same configuration
+
+    m = cfg.model_config(vocab)
     try:
-        from transformers import GPT2Config, GPT2LMHeadModel
+        model = make_transformers(m)[0].to(device)
     except ImportError:
         return None
-    m = cfg.model_config(vocab)
-    hf = GPT2Config(vocab_size=m.vocab_size, n_positions=m.block_size, n_embd=m.n_embd, n_layer=m.n_layer,
-                    n_head=m.n_head, activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                    tie_word_embeddings=True, bos_token_id=None, eos_token_id=None)
-    model = GPT2LMHeadModel._from_config(hf, attn_implementation="sdpa").to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1,
                             fused=device.type == "cuda")
     run = torch.compile(model) if cfg.compile_enabled(device) else model
@@ -199,7 +198,7 @@ def main() -> None:
     cfg.validate()
     run = work / "bench"
     result = train(cfg, run, force=True, progress=not args.json)
-    state = json.loads((sorted((run / "checkpoints").iterdir())[-1] / "state.json").read_text())
+    state = json.loads((checkpoint_dirs(run)[-1] / "state.json").read_text())
     micro = int(state["micro_batch"])
     tps, mfu = steady_rate(run, args.skip)
     vocab = json.loads((data / "manifest.json").read_text())["model_vocab_size"]

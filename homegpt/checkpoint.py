@@ -217,10 +217,9 @@ def read_checkpoint(ckpt: Path) -> tuple[dict, dict, dict, dict]:
 
 
 def load_weights(model: GPT, weights: dict[str, torch.Tensor], where: Path) -> None:
-    expected = set(unwrap(model).state_dict()) - {"lm_head.weight"}
-    if set(weights) != expected:
-        raise UserError(f"{where} does not match this model's layers: is it from another run?")
     own = unwrap(model).state_dict()
+    if set(weights) != set(own) - {"lm_head.weight"}:
+        raise UserError(f"{where} does not match this model's layers: is it from another run?")
     for k, v in weights.items():
         if own[k].shape != v.shape:
             raise UserError(f"{where}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}: "
@@ -239,6 +238,7 @@ class Run:
     data_dir: str
     data_source: str
     autocast: object
+    state: dict  # the checkpoint's state.json: tokens seen, training seconds, held-out loss
 
 
 def read_run_info(run_dir: str | Path) -> dict:
@@ -283,4 +283,5 @@ def load_run(run_dir: str | Path, device: str = "auto", step: int | str | None =
         data_dir=info.get("data_dir", ""),
         data_source=info.get("data_source", ""),
         autocast=autocast_for(dev, info.get("dtype", "auto")),
+        state=state,
     )

@@ -174,6 +174,8 @@ def train(
     fsdp = world > 1 and cfg.parallel == "fsdp"
     if fsdp:
         check_fsdp(cfg, device)
+    # With FSDP the weights are sharded: every rank takes part in evaluating and in gathering checkpoints.
+    evaluating_rank = main_rank or fsdp
     tok = load_tokenizer(Path(cfg.data_dir) / "tokenizer.json")
     _seed_everything(cfg.seed)
     model = GPT(mcfg).to(device)
@@ -260,7 +262,7 @@ def train(
                    "mfu": round(meter.mfu, 4), "cost_usd": round(spent, 6) if cfg.price else ""}
             last = step == total_steps
             step_val = None  # this step's held-out loss on the periodic tokens: ranks the checkpoints
-            if (main_rank or fsdp) and (step % cfg.eval_interval == 0 or last):  # FSDP: every rank computes
+            if evaluating_rank and (step % cfg.eval_interval == 0 or last):
                 ev, step_val = _evaluate(model, val_tokens, token_bytes, eval_batch, cfg, autocast, last)
                 row.update(val_loss=ev["loss"], val_bpb=ev["bpb"])
                 final, best_val = ev, min(best_val, step_val)
@@ -278,7 +280,7 @@ def train(
             stopping = agree(preempt.requested or (stop_after is not None and steps_this_call >= stop_after),
                              world, device)
             if step % (cfg.checkpoint_interval or cfg.eval_interval) == 0 or last or stopping:
-                if main_rank or fsdp:  # FSDP: every rank takes part in gathering the whole state
+                if evaluating_rank:
                     weights, optim = model_state(model), optimizer_tensors(model, optimizer)
                 if main_rank:
                     state = {"tokens": step * batch_tokens, "elapsed_s": meter.elapsed, "best_val_loss": best_val,
@@ -301,7 +303,7 @@ def train(
     bar.close()
     loggers.close()
     if final is None or steps_this_call == 0:  # resumed a finished run: evaluate anyway
-        if main_rank or fsdp:
+        if evaluating_rank:
             final = evaluate_tokens(model, val_tokens, token_bytes, eval_batch, None, autocast)
     if not main_rank:
         return {}
