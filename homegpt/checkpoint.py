@@ -6,7 +6,7 @@
       tokenizer.json      the tokenizer the model was trained with
       checkpoints/step-000200/
           model.safetensors       weights (the tied output head is stored once, as the embedding)
-          optimizer.safetensors   AdamW moments and step counts, keyed by parameter name
+          optimizer.safetensors   AdamW moments and step counts, Muon momentum, keyed by parameter name
           rng.safetensors         torch RNG states (CPU, CUDA) and the data loader's generator
           state.json              step, tokens seen, elapsed time, python/numpy RNG states, best val loss
       metrics.csv, samples.txt, loss.png, eval.json
@@ -151,32 +151,43 @@ def unwrap(model):
     return getattr(model, "module", model)  # DistributedDataParallel
 
 
-def optimizer_tensors(model: GPT, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    """AdamW's state as flat tensors keyed 'param name::field', whole even when sharded (FSDP: a collective),
-    so a checkpoint loads the same way whatever the number of ranks or the parallelism that wrote it."""
+def optimizer_tensors(model: GPT, optimizer) -> dict[str, torch.Tensor]:
+    """The optimizer state (AdamW's moments and step counts, Muon's momentum) as flat tensors keyed
+    'param name::field', whole even when sharded (FSDP: a collective), so a checkpoint loads the same way
+    whatever the number of ranks or the parallelism that wrote it. `optimizer` may be an OptimizerSet."""
+    from homegpt.optim import parts
+
     names = {id(p): n for n, p in unwrap(model).named_parameters()}
     out = {}
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            for key, value in optimizer.state.get(p, {}).items():
-                value = full_tensor(value)
-                out[f"{names[id(p)]}::{key}"] = value.detach().reshape(value.shape).contiguous()
+    for opt in parts(optimizer):
+        for group in opt.param_groups:
+            for p in group["params"]:
+                for key, value in opt.state.get(p, {}).items():
+                    value = full_tensor(value)
+                    out[f"{names[id(p)]}::{key}"] = value.detach().reshape(value.shape).contiguous()
     return out
 
 
-def load_optimizer_tensors(model: GPT, optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+def load_optimizer_tensors(model: GPT, optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    from homegpt.optim import parts
+
     named = dict(unwrap(model).named_parameters())
-    # torch keeps AdamW's step count on the CPU, except fused and capturable AdamW (the CUDA default here),
-    # whose kernels read it as a float32 tensor beside the parameter (torch's own load_state_dict rule).
-    hosted = {id(p): bool(g.get("fused") or g.get("capturable")) for g in optimizer.param_groups for p in g["params"]}
+    owner = {id(p): (opt, bool(g.get("fused") or g.get("capturable")))
+             for opt in parts(optimizer) for g in opt.param_groups for p in g["params"]}
     for key, value in tensors.items():
         name, field = key.split("::")
-        p = named[name]
+        p = named.get(name)
+        if p is None or id(p) not in owner:
+            raise UserError(f"the checkpoint's optimizer state names {name!r}, which this run's optimizer does "
+                            f"not train: resume with the optimizer the run was trained with")
+        opt, hosted = owner[id(p)]
+        # torch keeps AdamW's step count on the CPU, except fused and capturable AdamW (the CUDA default here),
+        # whose kernels read it as a float32 tensor beside the parameter (torch's own load_state_dict rule).
         if field != "step":
             value = shard_like(value, p)  # this rank's shard under FSDP
-        elif hosted[id(p)]:
+        elif hosted:
             value = value.to(device=p.device, dtype=torch.float32)
-        optimizer.state[p][field] = value
+        opt.state[p][field] = value
 
 
 def python_rng_json(rng: random.Random | None = None) -> list:

@@ -7,11 +7,13 @@ optimise. The vocabulary size is not a setting: it comes from the tokenizer, rou
 from __future__ import annotations
 
 import tomllib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from homegpt.errors import UserError, closest
 from homegpt.model import PRESETS, GPTConfig
+
+DEFAULT_ARCH = "modern"  # the architecture of the recipe that measured best (BENCHMARKS.md)
 
 
 @dataclass
@@ -26,18 +28,39 @@ class TrainConfig:
     n_embd: int = 0
     block_size: int = 0
     dropout: float = 0.0
-    bias: bool = True
-    # --- optimisation: AdamW, linear warmup then cosine decay to min_lr_ratio * lr
+    # the architecture (model.py): gpt2 | modern; "" = the preset's if it names one, else modern (RoPE,
+    # RMSNorm, QK-norm, no biases; the recipe BENCHMARKS.md measures best)
+    arch: str = ""
+    mlp: str = ""  # modern: relu2 (4d, squared ReLU) | swiglu (gated SiLU, ~8/3 d); gpt2: gelu. "" = the first
+    rope_theta: float = 10000.0  # modern: base of the rotary embeddings' frequencies
+    tie_embeddings: bool = True  # the head reads the token embedding (gpt2: always)
+    bias: str = "auto"  # auto (gpt2: biases, modern: none) | true | false
+    # --- optimisation (optim.py). "auto" and 0 mean: the architecture's recipe, resolved when training starts
+    # and written to RUN/config.toml. gpt2: AdamW + cosine, lr 1e-3. modern: Muon + WSD (Muon lr 0.02 on the
+    # blocks' matrices; AdamW at embedding_lr / head_lr / scalar_lr on the embedding, an untied head, gains).
+    optimizer: str = "auto"  # auto | adamw | muon
+    schedule: str = "auto"  # auto | cosine (warmup, cosine decay) | wsd (warmup, constant, linear decay)
     batch_tokens: int = 16384  # tokens per optimizer step (micro-batches are accumulated to reach it)
     micro_batch: int = 16  # sequences per forward/backward pass; 0 = the largest that fits (probed on GPUs)
-    max_steps: int = 200  # optimizer steps; ignored when max_tokens > 0
+    max_steps: int = 200  # optimizer steps; ignored when max_tokens > 0 or max_seconds > 0
     max_tokens: int = 0  # train on this many tokens (steps = max_tokens / batch_tokens, rounded up)
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1
+    # train for this many seconds of wall-clock (evaluations included): the step count is re-planned from the
+    # measured speed while the learning rate is still flat, so the run ends on time with a whole decay
+    max_seconds: float = 0.0
+    lr: float = 0.0  # peak lr of the matrices' optimizer (AdamW, or Muon); 0 = auto
+    embedding_lr: float = 0.0  # AdamW lr of the token (and position) embedding; 0 = auto (adamw: lr)
+    head_lr: float = 0.0  # AdamW lr of an untied head; 0 = auto (adamw: lr)
+    scalar_lr: float = 0.0  # AdamW lr of 1-D parameters (norm gains, biases); 0 = auto (adamw: lr)
+    min_lr_ratio: float = -1.0  # the rate at the last step, x the peak; -1 = auto (cosine 0.1, wsd 0)
     warmup_steps: int = 20
-    weight_decay: float = 0.1  # only on matrices (>= 2-D): not on biases, LayerNorms
+    decay_fraction: float = 0.4  # wsd: the last fraction of the steps over which the rate decays
+    weight_decay: float = 0.1  # AdamW, on matrices only (>= 2-D): not on biases, norm gains
     beta1: float = 0.9
     beta2: float = 0.95
+    muon_momentum: float = 0.95
+    muon_momentum_start: float = 0.85  # Muon's momentum rises linearly from this over muon_momentum_warmup steps
+    muon_momentum_warmup: int = 300
+    muon_weight_decay: float = 0.0  # decoupled weight decay of the Muon matrices (lr x wd per step)
     grad_clip: float = 1.0  # global gradient-norm clip; 0 turns it off
     # --- bookkeeping
     eval_interval: int = 50  # steps between held-out evaluations (and samples, and checkpoints)
@@ -68,8 +91,35 @@ class TrainConfig:
         missing = [n for n in ("n_layer", "n_head", "n_embd", "block_size") if n not in base]
         if missing:
             raise UserError(f"no preset and no {', '.join(missing)} given: set preset or the sizes")
-        base.update(vocab_size=vocab_size, dropout=self.dropout, bias=self.bias)
+        bias = {"auto": None, "true": True, "false": False}[self.bias]
+        base.update(vocab_size=vocab_size, dropout=self.dropout, bias=bias, arch=self.resolved_arch(),
+                    mlp=self.mlp, rope_theta=self.rope_theta, tie_embeddings=self.tie_embeddings)
         return GPTConfig(**base)
+
+    def resolved_arch(self) -> str:
+        if self.arch:
+            return self.arch
+        return PRESETS.get(self.preset, {}).get("arch", DEFAULT_ARCH)
+
+    def resolved(self, arch: str | None = None) -> TrainConfig:
+        """A copy with every "auto" of the recipe made concrete (arch: the one to assume when none is set)."""
+        from homegpt.optim import ADAMW_LR, MUON_EMBEDDING_LR, MUON_HEAD_LR, MUON_LR, MUON_SCALAR_LR
+
+        arch = self.arch or arch or self.resolved_arch()
+        optimizer = self.optimizer if self.optimizer != "auto" else ("muon" if arch == "modern" else "adamw")
+        schedule = self.schedule if self.schedule != "auto" else ("wsd" if arch == "modern" else "cosine")
+        if optimizer == "muon":
+            lr = self.lr or MUON_LR
+            lrs = (self.embedding_lr or MUON_EMBEDDING_LR, self.head_lr or MUON_HEAD_LR,
+                   self.scalar_lr or MUON_SCALAR_LR)
+        else:
+            lr = self.lr or ADAMW_LR
+            lrs = (self.embedding_lr or lr, self.head_lr or lr, self.scalar_lr or lr)
+        floor = self.min_lr_ratio if self.min_lr_ratio >= 0 else (0.0 if schedule == "wsd" else 0.1)
+        out = replace(self, arch=arch, optimizer=optimizer, schedule=schedule, lr=lr, embedding_lr=lrs[0],
+                      head_lr=lrs[1], scalar_lr=lrs[2], min_lr_ratio=floor)
+        out.validate()
+        return out
 
     def compile_enabled(self, device) -> bool:
         return self.compile == "on" or (self.compile == "auto" and device.type == "cuda")
@@ -90,10 +140,26 @@ class TrainConfig:
             raise UserError("set max_steps or max_tokens to a positive number")
         if self.price < 0 or self.peak_tflops < 0:
             raise UserError("price and peak_tflops must not be negative")
-        if not self.lr > 0:
-            raise UserError(f"lr must be positive, got {self.lr}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise UserError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        for name in ("lr", "embedding_lr", "head_lr", "scalar_lr"):
+            if not getattr(self, name) >= 0:
+                raise UserError(f"{name} must be positive (or 0 for the recipe's default), got {getattr(self, name)}")
+        if not (0 <= self.min_lr_ratio <= 1 or self.min_lr_ratio == -1):
+            raise UserError(f"min_lr_ratio must be in [0, 1] (or -1 for the schedule's default), "
+                            f"got {self.min_lr_ratio}")
+        if not 0 < self.decay_fraction <= 1:
+            raise UserError(f"decay_fraction must be in (0, 1], got {self.decay_fraction}")
+        if self.max_seconds < 0 or self.warmup_steps < 0 or self.muon_momentum_warmup < 0:
+            raise UserError("max_seconds, warmup_steps and muon_momentum_warmup must not be negative")
+        for name in ("muon_momentum", "muon_momentum_start"):
+            if not 0 <= getattr(self, name) < 1:
+                raise UserError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.muon_weight_decay < 0 or self.weight_decay < 0:
+            raise UserError("weight_decay and muon_weight_decay must not be negative")
+        self._check_choice("arch", ("", "gpt2", "modern"), "gpt2 or modern")
+        self._check_choice("optimizer", ("auto", "adamw", "muon"), "adamw or muon")
+        self._check_choice("schedule", ("auto", "cosine", "wsd"), "cosine or wsd")
+        self.bias = str(self.bias).lower()
+        self._check_choice("bias", ("auto", "true", "false"), "true, false or auto")
         if self.data_order not in ("random", "sequential"):
             raise UserError(f"data_order must be random or sequential, got {self.data_order!r}")
         if self.micro_batch < 0:
@@ -105,6 +171,11 @@ class TrainConfig:
         self.compile = {"true": "on", "false": "off"}.get(str(self.compile).lower(), str(self.compile).lower())
         if self.compile not in ("auto", "on", "off"):
             raise UserError(f"compile must be auto, on or off, got {self.compile!r}")
+
+    def _check_choice(self, name: str, allowed: tuple[str, ...], say: str) -> None:
+        value = getattr(self, name)
+        if value not in allowed:
+            raise UserError(f"unknown {name} {value!r}{closest(value, [a for a in allowed if a])}: use {say}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -144,6 +215,8 @@ def _coerce(key: str, value, type_name: str):
             if isinstance(value, float) and value != int(value):
                 raise ValueError
             return int(value)
+        if type_name == "str" and isinstance(value, bool):  # bias = true in TOML
+            return "true" if value else "false"
         if type_name == "float":
             if isinstance(value, bool):
                 raise ValueError

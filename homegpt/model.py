@@ -1,11 +1,21 @@
-"""The GPT: GPT-2's architecture in plain PyTorch, read top to bottom.
+"""The GPT, in plain PyTorch, read top to bottom: two architectures sharing one skeleton.
 
-Learned absolute positions, pre-LayerNorm blocks, a GELU MLP of width 4d, the output head tied to the
-token embedding, attention through `scaled_dot_product_attention` (flash / memory-efficient kernels where
-the device has them), and GPT-2's initialisation with residual projections scaled by 1/sqrt(2 * n_layer).
+    arch = "gpt2"    GPT-2 (2019): learned absolute positions, pre-LayerNorm blocks with biases, a tanh-GELU
+                     MLP of width 4d, the output head tied to the token embedding, GPT-2's initialisation
+                     with residual projections scaled by 1/sqrt(2 * n_layer).
+    arch = "modern"  what modded-nanogpt, nanochat, Llama and Qwen3 converged on: rotary position embeddings,
+                     pre-norm RMSNorm, RMSNorm on each head's queries and keys (QK-norm, before the rotation,
+                     as Qwen3 does it), no biases, a ReLU² MLP of width 4d (mlp = "relu2") or a SwiGLU MLP of
+                     width ~8/3 d (mlp = "swiglu"), a tied or untied head, and zero-initialised output
+                     projections so that every block starts as the identity.
 
-Generation uses a preallocated key/value cache: the prompt runs once, then each new token costs one
-position of attention instead of re-running the whole sequence.
+Both share the block structure x + attn(norm(x)), x + mlp(norm(x)); where they differ, the difference is
+in one place (the norm factory, CausalSelfAttention.qkv, MLP.forward, GPT._init_weights). Attention runs
+through `scaled_dot_product_attention` (flash / memory-efficient kernels where the device has them).
+
+Generation uses a preallocated key/value cache (KVCache): the prompt runs once, then each new token costs one
+position of attention. The cache also carries per-row positions and padding, so rows of different lengths
+share one batch and each row computes exactly what it would alone.
 """
 
 from __future__ import annotations
@@ -19,6 +29,11 @@ import torch.nn.functional as F
 
 from homegpt.errors import UserError, closest
 
+ARCHS = ("gpt2", "modern")
+MLPS = {"gpt2": ("gelu",), "modern": ("relu2", "swiglu")}
+LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default (GPT-2's)
+RMS_NORM_EPS = 1e-6  # Qwen3's rms_norm_eps, so the export computes the same thing
+
 
 @dataclass
 class GPTConfig:
@@ -28,7 +43,11 @@ class GPTConfig:
     block_size: int = 256
     vocab_size: int = 4096
     dropout: float = 0.0
-    bias: bool = True
+    bias: bool | None = None  # None = the architecture's: biases in gpt2, none in modern
+    arch: str = "gpt2"
+    mlp: str = ""  # "" = the architecture's: gelu (gpt2), relu2 (modern); or swiglu (modern)
+    rope_theta: float = 10000.0  # modern only
+    tie_embeddings: bool = True  # the head reads the token embedding (gpt2 always; modern either)
 
     def __post_init__(self) -> None:
         for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
@@ -42,6 +61,34 @@ class GPTConfig:
             )
         if not 0.0 <= float(self.dropout) < 1.0:
             raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.arch not in ARCHS:
+            raise UserError(f"unknown arch {self.arch!r}{closest(self.arch, ARCHS)}: use gpt2 or modern")
+        self.mlp = self.mlp or MLPS[self.arch][0]
+        if self.mlp not in MLPS[self.arch]:
+            raise UserError(f"mlp = {self.mlp!r} is not available with arch = {self.arch!r}: "
+                            f"use {' or '.join(MLPS[self.arch])}")
+        if self.bias is None:
+            self.bias = self.arch == "gpt2"
+        if self.arch == "modern":
+            if self.bias:
+                raise UserError('arch = "modern" has no biases: drop bias = true, or use arch = "gpt2"')
+            if self.head_dim % 2:
+                raise UserError(f"rotary embeddings need an even head size, got n_embd / n_head = {self.head_dim}")
+            if not self.rope_theta > 0:
+                raise UserError(f"rope_theta must be positive, got {self.rope_theta}")
+        elif not self.tie_embeddings:
+            raise UserError('GPT-2 ties its head to the token embedding: tie_embeddings = false needs arch = "modern"')
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def mlp_hidden(self) -> int:
+        """4d for GELU and ReLU²; SwiGLU's three matrices get ~8/3 d (a multiple of 64) for the same count."""
+        if self.mlp == "swiglu":
+            return max(64, round(8 * self.n_embd / 3 / 64) * 64)
+        return 4 * self.n_embd
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,11 +102,12 @@ class GPTConfig:
         return cls(**d)
 
 
-# Named shapes. vocab_size here is a default: a run takes its vocabulary size from its tokenizer.
+# Named shapes. vocab_size here is a default: a run takes its vocabulary size from its tokenizer. A preset
+# may name an architecture; the others take the training config's (the modern recipe by default).
 PRESETS: dict[str, dict] = {
-    # The $50 recipe's model: 8 layers, 8 heads, 512 wide, GPT-2's 50,304-token vocabulary.
+    # The $50 recipe's model shape: 8 layers, 8 heads, 512 wide, GPT-2's 50,304-token vocabulary.
     "seed-51m": dict(n_layer=8, n_head=8, n_embd=512, block_size=1024, vocab_size=50304),
-    "gpt2-124m": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304),
+    "gpt2-124m": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304, arch="gpt2"),
     # Small shapes that train in minutes on a laptop CPU.
     "cpu-tiny": dict(n_layer=2, n_head=2, n_embd=64, block_size=64, vocab_size=512),
     "cpu-small": dict(n_layer=4, n_head=4, n_embd=128, block_size=128, vocab_size=2048),
@@ -76,23 +124,30 @@ def preset(name: str) -> GPTConfig:
 def count_params(cfg: GPTConfig) -> dict[str, int]:
     """Exact parameter counts without building the model (equal to summing the real tensors).
 
-    total counts the tied embedding once; non_embedding leaves out token and position embeddings
-    (Kaplan et al.'s convention). Per layer: 2 LayerNorms, qkv, attention proj, MLP up and down.
+    embedding: the token embedding, GPT-2's position embedding and an untied head (Kaplan et al.'s
+    convention leaves them out of N); non_embedding: the blocks and the final norm; total counts a tied
+    head once.
     """
-    d, b = cfg.n_embd, int(cfg.bias)
-    layer_norms = 2 * (d + b * d)
-    attention = (3 * d * d + b * 3 * d) + (d * d + b * d)
-    mlp = (4 * d * d + b * 4 * d) + (4 * d * d + b * d)
-    per_layer = layer_norms + attention + mlp
-    embedding = cfg.vocab_size * d + cfg.block_size * d
-    non_embedding = cfg.n_layer * per_layer + (d + b * d)  # + final LayerNorm
+    d, b, h = cfg.n_embd, int(cfg.bias), cfg.mlp_hidden
+    norm = d + b * d  # a LayerNorm's gain and bias, or an RMSNorm's gain
+    if cfg.arch == "gpt2":
+        attention = (3 * d * d + b * 3 * d) + (d * d + b * d)
+    else:
+        attention = 4 * d * d + 2 * cfg.head_dim  # q, k, v, out; the q and k norms' gains
+    mlp = (3 if cfg.mlp == "swiglu" else 2) * d * h + b * (h + d)
+    per_layer = 2 * norm + attention + mlp
+    embedding = cfg.vocab_size * d * (1 if cfg.tie_embeddings else 2)
+    if cfg.arch == "gpt2":
+        embedding += cfg.block_size * d
+    non_embedding = cfg.n_layer * per_layer + norm  # + the final norm
     return {"total": embedding + non_embedding, "non_embedding": non_embedding, "embedding": embedding}
 
 
 def flops_per_token(cfg: GPTConfig, seq_len: int | None = None) -> float:
     """Training FLOPs per token: 6N (forward + backward matmuls) + attention 12 * L * d * T (PaLM, App. B).
 
-    N here is the non-embedding count plus the output head (the position lookup costs no matmul).
+    N is the non-embedding count plus the output head (a tied or untied head is one V x d matmul; the
+    embedding lookups cost no matmul). Norms, rotations and activations are not counted (PaLM's convention).
     """
     t = seq_len or cfg.block_size
     n = count_params(cfg)["non_embedding"] + cfg.vocab_size * cfg.n_embd
@@ -100,20 +155,84 @@ def flops_per_token(cfg: GPTConfig, seq_len: int | None = None) -> float:
 
 
 class KVCache:
-    """Preallocated keys and values for every layer: (n_layer, batch, n_head, max_len, head_dim)."""
+    """Keys and values of every layer for a batch of rows: (n_layer, batch, n_head, capacity, head_dim).
 
-    def __init__(self, cfg: GPTConfig, batch: int, max_len: int, device, dtype) -> None:
-        shape = (cfg.n_layer, batch, cfg.n_head, max_len, cfg.n_embd // cfg.n_head)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.pos = 0  # how many positions are filled
+    pad[b] slots at the start of row b are padding (rows of different lengths are left-padded to share a
+    batch): row b's token in slot j sits at position j - pad[b], as if it ran alone, and padding is never
+    attended. The tensors are allocated on first use, in the dtype the projections produce (autocast).
+    """
+
+    def __init__(self, cfg: GPTConfig, batch: int, capacity: int, device, pad: torch.Tensor | None = None) -> None:
+        self.shape = (cfg.n_layer, batch, cfg.n_head, capacity, cfg.head_dim)
+        self.capacity = capacity
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+        self.filled = 0  # how many slots hold keys and values
+        slots = torch.arange(capacity, device=device)
+        pad = torch.zeros(batch, dtype=torch.long, device=device) if pad is None else pad.to(device)
+        self.positions = (slots[None, :] - pad[:, None]).clamp(min=0)  # (B, capacity)
+        self.padded = bool((pad > 0).any())
+        self.key_valid = (slots[None, :] >= pad[:, None])[:, None, None, :]  # (B, 1, 1, capacity)
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        t = k.size(2)
-        self.k[layer, :, :, self.pos : self.pos + t] = k
-        self.v[layer, :, :, self.pos : self.pos + t] = v
-        end = self.pos + t
+        """Store a chunk's keys and values after the filled slots; all of the row's keys and values so far."""
+        if self.k is None:
+            self.k = torch.zeros(self.shape, dtype=k.dtype, device=k.device)
+            self.v = torch.zeros(self.shape, dtype=v.dtype, device=v.device)
+        end = self.filled + k.size(2)
+        self.k[layer, :, :, self.filled : end] = k
+        self.v[layer, :, :, self.filled : end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def attention_mask(self, t: int) -> tuple[torch.Tensor | None, bool]:
+        """(boolean mask or None, is_causal) for a chunk of t new queries after the filled slots."""
+        start, end = self.filled, self.filled + t
+        if not self.padded:
+            if t == 1:  # one new token attends to everything before it
+                return None, False
+            if start == 0:
+                return None, True
+            return torch.ones(t, end, dtype=torch.bool, device=self.positions.device).tril(diagonal=start), False
+        if t == 1:
+            return self.key_valid[..., :end], False
+        slots = torch.arange(end, device=self.positions.device)
+        queries = torch.arange(start, end, device=self.positions.device)[:, None]
+        causal = slots[None, :] <= queries
+        # A padding query would see no key at all (NaN): it sees itself; its output is never used.
+        return (causal[None, None] & self.key_valid[..., :end]) | (slots[None, :] == queries), False
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (i, i + head_dim/2) of x by position-dependent angles (the "rotate half" layout that
+    Llama and Qwen3 use in transformers, so exported weights need no permutation)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class Rotary(nn.Module):
+    """cos and sin tables for every position of the context (buffers, not weights: never saved)."""
+
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        dim = cfg.head_dim
+        inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+        angles = torch.outer(torch.arange(cfg.block_size, dtype=torch.float32), inv_freq)
+        angles = torch.cat((angles, angles), dim=-1)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, positions: torch.Tensor | None, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin) broadcastable to (B, n_head, T, head_dim): positions (B, T), or None for 0..t-1."""
+        if positions is None:
+            return self.cos[None, None, :t], self.sin[None, None, :t]
+        return self.cos[positions][:, None], self.sin[positions][:, None]
+
+
+def make_norm(cfg: GPTConfig, dim: int | None = None) -> nn.Module:
+    dim = dim or cfg.n_embd
+    if cfg.arch == "gpt2":
+        return nn.LayerNorm(dim, eps=LAYER_NORM_EPS, bias=cfg.bias)
+    return nn.RMSNorm(dim, eps=RMS_NORM_EPS)
 
 
 class CrossEntropy(torch.autograd.Function):
@@ -144,54 +263,82 @@ class CrossEntropy(torch.autograd.Function):
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        d = cfg.n_embd
+        self.modern = cfg.arch == "modern"
+        if self.modern:  # separate matrices: Muon orthogonalises each, and they map onto q/k/v_proj
+            self.c_q = nn.Linear(d, d, bias=False)
+            self.c_k = nn.Linear(d, d, bias=False)
+            self.c_v = nn.Linear(d, d, bias=False)
+            self.q_norm = make_norm(cfg, cfg.head_dim)
+            self.k_norm = make_norm(cfg, cfg.head_dim)
+        else:
+            self.c_attn = nn.Linear(d, 3 * d, bias=cfg.bias)
+        self.c_proj = nn.Linear(d, d, bias=cfg.bias)
         self.n_head = cfg.n_head
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values as (B, n_head, T, head_dim); modern: q and k RMS-normalised per head."""
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        if cache is None:
-            y = F.scaled_dot_product_attention(
-                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-            )
+        shape = (B, T, self.n_head, C // self.n_head)
+        if self.modern:
+            q = self.q_norm(self.c_q(x).view(shape))
+            k = self.k_norm(self.c_k(x).view(shape))
+            v = self.c_v(x).view(shape)
         else:
-            start = cache.pos
+            q, k, v = (t.view(shape) for t in self.c_attn(x).split(C, dim=2))
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, rope: tuple | None = None, cache: KVCache | None = None,
+                layer: int = 0) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                               dropout_p=self.dropout if self.training else 0.0)
+        else:
+            mask, causal = cache.attention_mask(T)
             k, v = cache.append(layer, k, v)
-            if T == 1:  # one new token attends to everything before it: no mask needed
-                y = F.scaled_dot_product_attention(q, k, v)
-            else:  # a chunk of new tokens after `start` cached ones: causal within the chunk
-                mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(diagonal=start)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+        y = y.transpose(1, 2).reshape(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
 
 class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
-        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        hidden = cfg.mlp_hidden
+        self.kind = cfg.mlp
+        self.c_fc = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)
+        if self.kind == "swiglu":
+            self.c_gate = nn.Linear(cfg.n_embd, hidden, bias=False)
+        self.c_proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # tanh-approximated GELU, as GPT-2 (and transformers' "gelu_new") uses.
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        if self.kind == "gelu":  # tanh-approximated GELU, as GPT-2 (and transformers' "gelu_new") uses
+            h = F.gelu(self.c_fc(x), approximate="tanh")
+        elif self.kind == "relu2":  # ReLU squared (So et al. 2021, modded-nanogpt, nanochat)
+            h = F.relu(self.c_fc(x)).square()
+        else:  # SwiGLU (Shazeer 2020, Llama, Qwen): silu(gate) * up
+            h = F.silu(self.c_gate(x)) * self.c_fc(x)
+        return self.dropout(self.c_proj(h))
 
 
 class Block(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.ln_1 = make_norm(cfg)
         self.attn = CausalSelfAttention(cfg)
-        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.ln_2 = make_norm(cfg)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer)
+    def forward(self, x: torch.Tensor, rope: tuple | None = None, cache: KVCache | None = None,
+                layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rope, cache, layer)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -199,38 +346,69 @@ class GPT(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         self.config = cfg
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
-                wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
-                drop=nn.Dropout(cfg.dropout),
-                h=nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
-                ln_f=nn.LayerNorm(cfg.n_embd, bias=cfg.bias),
-            )
-        )
+        modules = dict(wte=nn.Embedding(cfg.vocab_size, cfg.n_embd))
+        if cfg.arch == "gpt2":
+            modules["wpe"] = nn.Embedding(cfg.block_size, cfg.n_embd)
+        modules.update(drop=nn.Dropout(cfg.dropout), h=nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
+                       ln_f=make_norm(cfg))
+        self.transformer = nn.ModuleDict(modules)
+        self.rotary = Rotary(cfg) if cfg.arch == "modern" else None
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        # Weight tying (Press & Wolf 2017): one matrix both reads and writes tokens.
-        self.lm_head.weight = self.transformer.wte.weight
-        self.apply(self._init_weights)
-        # GPT-2: residual projections scaled so the residual stream's variance doesn't grow with depth.
-        for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        if cfg.tie_embeddings:  # Press & Wolf 2017: one matrix both reads and writes tokens
+            self.lm_head.weight = self.transformer.wte.weight
+        self._init_weights()
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    def _init_weights(self) -> None:
+        cfg = self.config
+        for name, p in self.named_parameters():
+            if p.dim() < 2:  # norm gains start at 1 (their constructors did it), biases at 0
+                if name.endswith(".bias"):
+                    nn.init.zeros_(p)
+            elif name.endswith("c_proj.weight"):
+                if cfg.arch == "gpt2":  # GPT-2: the residual stream's variance doesn't grow with depth
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+                else:  # modern: every block starts as the identity (modded-nanogpt)
+                    nn.init.zeros_(p)
+            elif cfg.arch == "gpt2" or (name == "transformer.wte.weight" and cfg.tie_embeddings):
+                nn.init.normal_(p, mean=0.0, std=0.02)
+            elif name == "transformer.wte.weight":  # untied (nanochat): unit-scale token vectors
+                nn.init.normal_(p, mean=0.0, std=1.0)
+            elif name == "lm_head.weight":  # untied: a near-zero head starts at a uniform prediction
+                nn.init.normal_(p, mean=0.0, std=0.001)
+            else:  # modern hidden matrices: unit-scale outputs for unit-scale (normalised) inputs
+                nn.init.normal_(p, mean=0.0, std=p.size(1) ** -0.5)
 
     def num_params(self) -> dict[str, int]:
-        """Summed over the real tensors; parameters() yields the tied matrix once."""
+        """Summed over the real tensors; parameters() yields a tied matrix once."""
         total = sum(p.numel() for p in self.parameters())
-        embedding = self.transformer.wte.weight.numel() + self.transformer.wpe.weight.numel()
+        t = self.transformer
+        embedding = t.wte.weight.numel() + (t.wpe.weight.numel() if "wpe" in t else 0)
+        if not self.config.tie_embeddings:
+            embedding += self.lm_head.weight.numel()
         return {"total": total, "non_embedding": total - embedding, "embedding": embedding}
+
+    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """The final normalised hidden states (B, T, n_embd); with a cache, after its filled slots."""
+        B, T = idx.shape
+        start = cache.filled if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise UserError(
+                f"sequence of {start + T} tokens is longer than the model's context of "
+                f"{self.config.block_size}: shorten the prompt or lower --max-new-tokens"
+            )
+        positions = cache.positions[:, start : start + T] if cache is not None else None
+        x = self.transformer.wte(idx)
+        if self.rotary is None:
+            x = x + self.transformer.wpe(positions if positions is not None else torch.arange(T, device=idx.device))
+            rope = None
+        else:
+            rope = self.rotary(positions, T)
+        x = self.transformer.drop(x)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, rope, cache, i)
+        if cache is not None:
+            cache.filled += T
+        return self.transformer.ln_f(x)
 
     def forward(
         self,
@@ -240,27 +418,17 @@ class GPT(nn.Module):
         reduction: str = "mean",
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, vocab) and, with targets, the cross-entropy (mean nats/token, or per token)."""
-        B, T = idx.shape
-        start = cache.pos if cache is not None else 0
-        if start + T > self.config.block_size:
-            raise UserError(
-                f"sequence of {start + T} tokens is longer than the model's context of "
-                f"{self.config.block_size}: shorten the prompt or lower --max-new-tokens"
-            )
-        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
-        for i, block in enumerate(self.transformer.h):
-            x = block(x, cache, i)
-        if cache is not None:
-            cache.pos += T
-        x = self.transformer.ln_f(x)
+        logits = self.lm_head(self.hidden(idx, cache))
         if targets is None:
-            return self.lm_head(x), None
-        logits = self.lm_head(x)
+            return logits, None
         flat_logits, flat_targets = logits.float().view(-1, logits.size(-1)), targets.reshape(-1)
         if reduction == "mean" and logits.device.type == "cpu" and torch.is_grad_enabled():
             return logits, CrossEntropy.apply(flat_logits, flat_targets)
         return logits, F.cross_entropy(flat_logits, flat_targets, reduction=reduction)
+
+    def decode(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Run a chunk through the cache; the (B, vocab) logits of its last position only (what decoding needs)."""
+        return self.lm_head(self.hidden(idx, cache)[:, -1])
 
     @torch.no_grad()
     def generate(
@@ -274,17 +442,18 @@ class GPT(nn.Module):
         use_cache: bool = True,
         stop_token: int | None = None,
     ):
-        """Yield one (B, 1) tensor of new tokens at a time; temperature 0 means greedy decoding."""
+        """Yield one (B, 1) tensor of new tokens at a time; temperature 0 means greedy decoding.
+
+        The plain reference loop (sample.generate_ids is the batched engine everything else uses); with
+        use_cache=False it re-runs the whole sequence every step, which is what the cache must reproduce.
+        """
         total = idx.size(1) + max_new_tokens
         if total > self.config.block_size:
             raise UserError(
                 f"prompt ({idx.size(1)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
                 f"model's context of {self.config.block_size} tokens: shorten one of them"
             )
-        cache = None
-        if use_cache:
-            p = next(self.parameters())
-            cache = KVCache(self.config, idx.size(0), total, p.device, p.dtype)
+        cache = KVCache(self.config, idx.size(0), total, idx.device) if use_cache else None
         seq, step_input = idx, idx
         for _ in range(max_new_tokens):
             logits, _ = self(step_input if use_cache else seq, cache=cache)

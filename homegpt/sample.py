@@ -3,12 +3,12 @@
 The prompt is preceded by <|endoftext|>, as every training document is, so the model starts as it would
 at the beginning of a document. A row stops at <|endoftext|>, at a stop string, or after max_new_tokens.
 
-Decoding runs its own loop over the model's modules (`Decoder`) rather than `GPT.forward`: one preallocated
-key/value cache for the whole batch, the prompt run once, then one position per step with no per-step
-allocation beyond the step's activations, under `torch.inference_mode`. Prompts of different lengths share a
-batch by left-padding: each row's positions are offset so its real tokens sit at positions 0, 1, 2, ... (as
-they would alone), and the padding is masked out of every attention, so a row's tokens do not depend on
-what else is in the batch. Sampling draws each row from its own seeded generator for the same reason.
+Decoding (`Decoder`) runs the model's own modules over one preallocated key/value cache for the whole batch
+(model.KVCache), whatever the architecture: the prompt runs once, then one position per step, under
+`torch.inference_mode`. Prompts of different lengths share a batch by left-padding: each row's positions are
+offset so its real tokens sit at positions 0, 1, 2, ... (as they would alone), and the padding is masked out
+of every attention, so a row's tokens do not depend on what else is in the batch. Sampling draws each row
+from its own seeded generator for the same reason.
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from homegpt.errors import UserError
-from homegpt.model import GPT, sample_next
+from homegpt.model import GPT, KVCache, sample_next
 from homegpt.tokenizer import EOT
 
 DEFAULT_BATCH = 16  # rows per forward pass when many prompts are given
@@ -78,89 +77,38 @@ def encode_prompt(tok, prompt: str, block_size: int, max_new_tokens: int) -> lis
 
 
 class Decoder:
-    """A batch's forward passes over the model's own weights, with a preallocated key/value cache.
+    """A batch's forward passes through the model with a preallocated key/value cache (model.KVCache).
 
     rows are token-id lists of any lengths (each <= the model's context); the batch is left-padded to the
-    longest. Call prefill() once, then step(tokens) per new token; both return the (B, vocab) logits of each
-    row's last position.
+    longest, and the cache gives each row its own positions and masks its padding. Call prefill() once, then
+    step(tokens) per new token; both return the (B, vocab) logits of each row's last position.
     """
 
     def __init__(self, model: GPT, rows: list[list[int]], max_new_tokens: int) -> None:
         cfg = model.config
-        self.cfg = cfg
+        self.model = model
         self.device = model.transformer.wte.weight.device
         if not rows or min(len(r) for r in rows) == 0:
             raise UserError("every row needs at least one token (the start marker)")
-        lengths = torch.tensor([len(r) for r in rows], device=self.device)
-        longest = int(lengths.max())
+        longest = max(len(r) for r in rows)
         if longest + max_new_tokens > cfg.block_size:  # positions are per row: only the longest row can overflow
             raise UserError(f"a prompt of {longest} tokens + {max_new_tokens} new tokens exceeds the "
                             f"model's context of {cfg.block_size} tokens")
-        self.batch, self.width = len(rows), longest
-        self.capacity = longest + max_new_tokens
-        pad = longest - lengths  # left padding of each row
-        slots = torch.arange(self.capacity, device=self.device)
-        # Row b's token in cache slot j sits at position j - pad[b]: the same positions as if it ran alone.
-        self.positions = (slots[None, :] - pad[:, None]).clamp(min=0)
-        self.padded = bool((pad > 0).any())
-        self.key_valid = (slots[None, :] >= pad[:, None])[:, None, None, :]  # (B, 1, 1, capacity)
-        ids = torch.zeros(self.batch, longest, dtype=torch.long, device=self.device)
+        pad = torch.tensor([longest - len(r) for r in rows], device=self.device)
+        self.cache = KVCache(cfg, len(rows), longest + max_new_tokens, self.device, pad)
+        ids = torch.zeros(len(rows), longest, dtype=torch.long, device=self.device)
         for b, r in enumerate(rows):
             ids[b, longest - len(r):] = torch.tensor(r, dtype=torch.long)
         self.prompt_ids = ids
-        self.filled = 0
-        self.k: torch.Tensor | None = None
-        self.v: torch.Tensor | None = None
-        t = model.transformer
-        # Plain tensors, looked up once: attribute access per layer and step is measurable at batch 1 on CPU.
-        self.layers = [
-            (blk.ln_1.weight, blk.ln_1.bias, blk.ln_1.eps, blk.attn.c_attn.weight, blk.attn.c_attn.bias,
-             blk.attn.c_proj.weight, blk.attn.c_proj.bias, blk.ln_2.weight, blk.ln_2.bias, blk.ln_2.eps,
-             blk.mlp.c_fc.weight, blk.mlp.c_fc.bias, blk.mlp.c_proj.weight, blk.mlp.c_proj.bias)
-            for blk in t.h
-        ]
-        self.wte, self.wpe = t.wte.weight, t.wpe.weight
-        self.ln_f = (t.ln_f.weight, t.ln_f.bias, t.ln_f.eps)
-        self.head = model.lm_head.weight
 
     def prefill(self) -> torch.Tensor:
-        t = self.width
-        mask = None
-        if self.padded:  # causal within the prompt, padding never attended (a pad query sees itself: no NaN)
-            causal = torch.ones(t, t, dtype=torch.bool, device=self.device).tril()
-            mask = (causal[None, None] & self.key_valid[..., :t]) | torch.eye(t, dtype=torch.bool,
-                                                                                device=self.device)
-        return self._forward(self.prompt_ids, mask, causal=not self.padded)
+        return self.model.decode(self.prompt_ids, self.cache)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens: (B, 1) the tokens just chosen; returns the logits for the next ones."""
-        if self.filled >= self.capacity:
+        if self.cache.filled >= self.cache.capacity:
             raise UserError("the decoder's cache is full: lower max_new_tokens")
-        mask = self.key_valid[..., : self.filled + 1] if self.padded else None
-        return self._forward(tokens, mask, causal=False)
-
-    def _forward(self, idx: torch.Tensor, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
-        B, T = idx.shape
-        C, H = self.cfg.n_embd, self.cfg.n_head
-        start, end = self.filled, self.filled + T
-        x = F.embedding(idx, self.wte) + F.embedding(self.positions[:, start:end], self.wpe)
-        for i, (w1, b1, e1, wa, ba, wp, bp, w2, b2, e2, wf, bf, wo, bo) in enumerate(self.layers):
-            h = F.layer_norm(x, (C,), w1, b1, e1)
-            q, k, v = F.linear(h, wa, ba).view(B, T, 3, H, C // H).permute(2, 0, 3, 1, 4)
-            if self.k is None:  # allocated on first use, in the dtype autocast gives the projections
-                shape = (len(self.layers), B, H, self.capacity, C // H)
-                self.k = torch.empty(shape, dtype=k.dtype, device=k.device)
-                self.v = torch.empty(shape, dtype=v.dtype, device=v.device)
-            self.k[i, :, :, start:end] = k
-            self.v[i, :, :, start:end] = v
-            y = F.scaled_dot_product_attention(q, self.k[i, :, :, :end], self.v[i, :, :, :end], attn_mask=mask,
-                                               is_causal=causal and T > 1)
-            x = x + F.linear(y.transpose(1, 2).reshape(B, T, C), wp, bp)
-            h = F.layer_norm(x, (C,), w2, b2, e2)
-            x = x + F.linear(F.gelu(F.linear(h, wf, bf), approximate="tanh"), wo, bo)
-        self.filled = end
-        w, b, e = self.ln_f
-        return F.linear(F.layer_norm(x[:, -1], (C,), w, b, e), self.head)  # only the last position is needed
+        return self.model.decode(tokens, self.cache)
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:

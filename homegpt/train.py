@@ -1,4 +1,4 @@
-"""The training loop: AdamW, warmup + cosine schedule, accumulation to a token batch, eval, checkpoints.
+"""The training loop: accumulation to a token batch, the schedule, evaluation, checkpoints, a time budget.
 
 One call, `train(cfg, out_dir)`, does a whole run into a run directory (see checkpoint.py for its layout)
 and returns the final held-out metrics. Resuming restores weights, optimizer moments, the schedule
@@ -58,31 +58,12 @@ from homegpt.loader import TokenLoader
 from homegpt.logs import RunLoggers, truncate_metrics
 from homegpt.meter import Meter, peak_flops
 from homegpt.model import GPT, GPTConfig, count_params, flops_per_token
+from homegpt.optim import apply_schedule, decay_start, make_optimizer, parts
 from homegpt.prepare import open_split, read_manifest
 from homegpt.tokenizer import EOT, load_tokenizer, token_byte_lengths
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "stopped on a signal, checkpoint written; rerun with --resume"
 MAX_BAD_STEPS = 5
-
-
-def lr_at(step: int, cfg: TrainConfig, total: int) -> float:
-    """Linear warmup to cfg.lr, then cosine decay to min_lr_ratio * lr at the last step."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    span = max(1, total - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
-    floor = cfg.lr * cfg.min_lr_ratio
-    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
-
-
-def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """Weight decay on matrices only: decaying biases and LayerNorm gains only hurts."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
 
 
 def _seed_everything(seed: int) -> None:
@@ -161,9 +142,10 @@ def train(
         tune_cpu_allocator()
     log = log or (lambda msg: print(msg, file=sys.stderr))
     out = Path(out_dir)
+    cfg = cfg.resolved(arch=_previous_arch(out) if resume else None)  # every "auto" made concrete
     manifest, mcfg = resolve(cfg)
     resume_from = _prepare_run_dir(out, resume, force) if main_rank else None
-    if resume_from is not None and _read_run_info(out).get("model") != mcfg.to_dict():
+    if resume_from is not None and _model_of(_read_run_info(out)) != mcfg.to_dict():
         raise UserError(f"{out} was trained with another model shape or tokenizer: "
                         f"resume with its own config (homegpt train {out} --resume)")
     chosen = broadcast_object(str(resume_from) if resume_from else "", world)  # every rank resumes rank 0's pick
@@ -201,7 +183,7 @@ def train(
     token_bytes = torch.tensor(token_byte_lengths(tok, mcfg.vocab_size), dtype=torch.long)
     params = count_params(mcfg)
 
-    step, elapsed, best_val = 0, 0.0, float("inf")
+    step, elapsed, best_val, wall = 0, 0.0, float("inf"), 0.0
     if ckpt is not None:
         _, optim, rng, state = ckpt
         load_optimizer_tensors(model, optimizer, optim)
@@ -210,6 +192,9 @@ def train(
         if scaler is not None and "grad_scaler" in state:
             scaler.load_state_dict(state["grad_scaler"])
         step, elapsed, best_val = state["step"], state["elapsed_s"], state.get("best_val_loss", float("inf"))
+        wall = state.get("wall_s", elapsed)
+        if cfg.max_seconds > 0:  # a time-budgeted run keeps the length it had planned
+            total_steps = int(state.get("total_steps", total_steps))
         if main_rank:
             (out / "config.toml").write_text(dump_toml(cfg.to_dict()), encoding="utf-8")  # overrides now apply
             truncate_metrics(out / "metrics.csv", step)  # rows past the checkpoint are being redone
@@ -237,10 +222,12 @@ def train(
     model.train()
     with _Preemption() as preempt:
         t_last = time.perf_counter()
+        budget = _TimeBudget(cfg, wall)
         while step < total_steps:
-            lr = lr_at(step, cfg, total_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            if cfg.max_seconds > 0:
+                total_steps = budget.replan(step, total_steps, meter.tokens_per_s, batch_tokens, world, device)
+                meter.total_steps = bar.total = total_steps
+            lr = apply_schedule(optimizer, step, cfg, total_steps)
             train_loss, finite = _train_step(run_model, model, optimizer, scaler, loader, autocast, cfg.grad_clip,
                                              world, fsdp)
             if not finite:
@@ -284,6 +271,7 @@ def train(
                     weights, optim = model_state(model), optimizer_tensors(model, optimizer)
                 if main_rank:
                     state = {"tokens": step * batch_tokens, "elapsed_s": meter.elapsed, "best_val_loss": best_val,
+                             "wall_s": budget.wall(),
                              "total_steps": total_steps, "world_size": world, "micro_batch": micro,
                              "loader": loader.state_dict()}
                     if step_val is not None:
@@ -300,6 +288,7 @@ def train(
                     log(f"stopped at step {step}, checkpoint written: continue with homegpt train {out} --resume")
                 return {"step": step, "finished": False, "preempted": preempt.requested, "run_dir": str(out)}
             t_last = time.perf_counter()  # evaluation and checkpoint time isn't training time
+            budget.bookkeeping(t_last - now, evaluated=step_val is not None)
     bar.close()
     loggers.close()
     if final is None or steps_this_call == 0:  # resumed a finished run: evaluate anyway
@@ -334,6 +323,39 @@ def check_fsdp(cfg: TrainConfig, device: torch.device) -> None:
     """What FSDP training here does not support (yet), as a UserError before anything is written."""
     if resolve_dtype(device, cfg.dtype) == "fp16":  # a GradScaler does not handle sharded gradients
         raise UserError('parallel = "fsdp" trains in bf16 or fp32, not fp16: set dtype = "bf16" or "fp32"')
+    if cfg.optimizer == "muon":  # torch.optim.Muon would orthogonalise each rank's slice, not the matrix
+        raise UserError('optimizer = "muon" needs whole matrices, and parallel = "fsdp" shards them: use '
+                        'parallel = "ddp" or optimizer = "adamw"')
+
+
+class _TimeBudget:
+    """max_seconds: the run's length re-planned from the measured speed while the schedule still allows it.
+
+    Remaining steps = time left / (the recent step time + the measured cost of an evaluation and checkpoint
+    spread over eval_interval steps). Re-planning stops where the rate starts to depend on the length
+    (optim.decay_start), so the decay is always whole. Every rank takes the smallest estimate.
+    """
+
+    def __init__(self, cfg: TrainConfig, wall_before: float) -> None:
+        self.cfg, self.before, self.start = cfg, wall_before, time.perf_counter()
+        self.eval_costs: list[float] = []
+
+    def wall(self) -> float:
+        """Wall-clock seconds of training so far (evaluations included), over all calls of a resumed run."""
+        return self.before + time.perf_counter() - self.start
+
+    def bookkeeping(self, seconds: float, evaluated: bool) -> None:
+        if evaluated:
+            self.eval_costs.append(seconds)
+
+    def replan(self, step: int, total: int, tokens_per_s: float, batch_tokens: int, world: int,
+               device: torch.device) -> int:
+        if step < 3 or tokens_per_s <= 0 or step >= decay_start(self.cfg, total):
+            return total
+        recent = self.eval_costs[-3:]
+        per_step = batch_tokens / tokens_per_s + (sum(recent) / len(recent) if recent else 0.0) / self.cfg.eval_interval
+        left = max(0.0, self.cfg.max_seconds - self.wall())
+        return min_int(max(step + 1, step + int(left / per_step)), world, device)
 
 
 def _evaluate(model, val_tokens, token_bytes, batch: int, cfg: TrainConfig, autocast,
@@ -367,13 +389,15 @@ def _train_step(run_model, model, optimizer, scaler, loader: TokenLoader, autoca
         dist.all_reduce(loss_sum)
     train_loss = float(loss_sum) / (len(batches) * world)
     if scaler is not None:
-        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        for opt in parts(optimizer):
+            scaler.unscale_(opt)  # clip the true gradients, not the scaled ones
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
     norm = full_tensor(norm)  # FSDP: a DTensor holding the global norm
     if scaler is not None:
         # fp16: the scaler skips steps with inf/nan gradients itself and lowers the scale, which is routine
         # while it calibrates; only a non-finite loss counts as a bad step.
-        scaler.step(optimizer)
+        for opt in parts(optimizer):
+            scaler.step(opt)
         scaler.update()
         finite = math.isfinite(train_loss)
     else:
@@ -423,6 +447,23 @@ def auto_micro_batch(model: GPT, cfg: TrainConfig, mcfg: GPTConfig, device: torc
     return min_int(chosen, world, device)
 
 
+def _previous_arch(out: Path) -> str | None:
+    """The architecture of the run being resumed (runs from before `arch` existed are GPT-2)."""
+    try:
+        model = json.loads((out / "run.json").read_text(encoding="utf-8"))["model"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return None
+    return model.get("arch", "gpt2") if isinstance(model, dict) else None
+
+
+def _model_of(info: dict) -> dict | None:
+    """run.json's model with every setting spelled out (older runs recorded fewer)."""
+    try:
+        return GPTConfig.from_dict(info.get("model") or {}).to_dict()
+    except (UserError, TypeError):
+        return None
+
+
 def _read_run_info(out: Path) -> dict:
     try:
         return json.loads((out / "run.json").read_text(encoding="utf-8"))
@@ -438,6 +479,8 @@ def _write_run_files(out: Path, cfg: TrainConfig, mcfg: GPTConfig, manifest: dic
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "model": mcfg.to_dict(),
         "params": params,
+        "optimizer": cfg.optimizer,
+        "schedule": cfg.schedule,
         "data_dir": str(Path(cfg.data_dir).resolve()),
         "data_source": manifest.get("source", ""),
         "tokenizer_sha256": manifest["tokenizer_sha256"],
@@ -463,6 +506,7 @@ def _write_sample(out: Path, model: GPT, tok, step: int, cfg: TrainConfig, mcfg:
 
 def measure_throughput(cfg: TrainConfig, vocab_size: int, steps: int = 3, device: str | None = None) -> dict:
     """Time real forward/backward/optimizer steps of cfg's model on random tokens: tokens/s and FLOP/s."""
+    cfg = cfg.resolved()
     mcfg = cfg.model_config(vocab_size)
     dev = pick_device(device or cfg.device)
     if dev.type == "cpu":

@@ -64,7 +64,7 @@ def tiny_config(data_dir, **overrides):
 
     values = dict(
         data_dir=str(data_dir), preset="cpu-tiny", batch_tokens=512, micro_batch=4, max_steps=6,
-        lr=3e-3, warmup_steps=2, eval_interval=3, eval_tokens=1024, sample_tokens=8, seed=7, device="cpu",
+        warmup_steps=2, eval_interval=3, eval_tokens=1024, sample_tokens=8, seed=7, device="cpu",
     )
     values.update(overrides)
     return TrainConfig(**values)

@@ -66,7 +66,7 @@ def test_cached_logits_match_full_forward():
 
     x = torch.randint(0, 128, (2, 12))
     full, _ = model(x)
-    cache = KVCache(model.config, 2, 12, "cpu", torch.float32)
+    cache = KVCache(model.config, 2, 12, "cpu")
     first, _ = model(x[:, :7], cache=cache)
     rest = [model(x[:, i : i + 1], cache=cache)[0] for i in range(7, 12)]
     stepped = torch.cat([first] + rest, dim=1)

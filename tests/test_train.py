@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 from homegpt.checkpoint import checkpoint_dirs, load_run
 from homegpt.config import TrainConfig, load_config
 from homegpt.errors import UserError
-from homegpt.train import lr_at, train
+from homegpt.optim import lr_factor
+from homegpt.train import train
 
 QUIET = dict(progress=False, log=lambda m: None)
 
@@ -28,7 +29,7 @@ def test_run_directory_is_complete(trained_run):
 
 def test_resolved_config_reads_back_unchanged(trained_run, data_dir):
     run, _ = trained_run
-    assert load_config(run / "config.toml") == tiny_config(data_dir)
+    assert load_config(run / "config.toml") == tiny_config(data_dir).resolved()
 
 
 def test_training_lowers_held_out_loss(data_dir, tmp_path):
@@ -38,11 +39,12 @@ def test_training_lowers_held_out_loss(data_dir, tmp_path):
 
 
 def test_schedule_warmup_then_cosine_to_ten_percent():
-    cfg = TrainConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
-    assert lr_at(0, cfg, 100) == pytest.approx(0.1)
-    assert lr_at(9, cfg, 100) == pytest.approx(1.0)
-    assert lr_at(55, cfg, 100) == pytest.approx(0.55)
-    assert lr_at(100, cfg, 100) == pytest.approx(0.1)
+    cfg = TrainConfig(arch="gpt2", warmup_steps=10).resolved()
+    assert cfg.schedule == "cosine" and cfg.min_lr_ratio == 0.1
+    assert lr_factor(0, cfg, 100) == pytest.approx(0.1)
+    assert lr_factor(9, cfg, 100) == pytest.approx(1.0)
+    assert lr_factor(55, cfg, 100) == pytest.approx(0.55)
+    assert lr_factor(100, cfg, 100) == pytest.approx(0.1)
 
 
 def test_resume_continues_the_identical_run(data_dir, tmp_path):
@@ -115,8 +117,8 @@ def test_keeps_the_best_checkpoint_by_held_out_loss_and_commands_can_use_it(data
 
     run = tmp_path / "r"
     # lr 0.1 overshoots: the held-out loss rises after step 2, so the best checkpoint is not the newest.
-    train(tiny_config(data_dir, max_steps=4, eval_interval=2, keep_checkpoints=1, lr=0.1, sample_tokens=0), run,
-          **QUIET)
+    train(tiny_config(data_dir, max_steps=4, eval_interval=2, keep_checkpoints=1, lr=0.1, sample_tokens=0,
+                      arch="gpt2"), run, **QUIET)
     first, last = checkpoint_dirs(run)
     assert (first.name, last.name) == ("step-000002", "step-000004")
     assert checkpoint_val_loss(first) < checkpoint_val_loss(last)

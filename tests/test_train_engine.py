@@ -88,7 +88,7 @@ def test_fsdp_matches_one_process_and_checkpoints_move_between_them(data_dir, tm
     """FSDP2 on 2 gloo processes: the same trajectory as 1 process; its checkpoints hold whole tensors, so a
     sharded run resumes in one process and a one-process run resumes sharded, continuing the same run."""
     kw = dict(max_steps=6, eval_interval=3, checkpoint_interval=1, keep_checkpoints=10, batch_tokens=512,
-              micro_batch=4)
+              micro_batch=4, optimizer="adamw")
     config = write_config(tmp_path / "c.toml", data_dir, **kw)
     single = train(tiny_config(data_dir, sample_tokens=0, **kw), tmp_path / "one", **QUIET)
     proc = torchrun(config, "--out", tmp_path / "two", "--parallel", "fsdp")
@@ -111,14 +111,16 @@ def test_fsdp_matches_one_process_and_checkpoints_move_between_them(data_dir, tm
     assert losses(tmp_path / "one_then_two") == pytest.approx(losses(tmp_path / "one"), abs=2e-4)
 
 
-def test_fsdp_refuses_fp16():
+def test_fsdp_refuses_fp16_and_muon():
     from homegpt.config import TrainConfig
     from homegpt.errors import UserError
     from homegpt.train import check_fsdp
 
-    check_fsdp(TrainConfig(parallel="fsdp", dtype="bf16"), torch.device("cpu"))
+    check_fsdp(TrainConfig(parallel="fsdp", dtype="bf16", optimizer="adamw").resolved(), torch.device("cpu"))
     with pytest.raises(UserError, match='set dtype = "bf16" or "fp32"'):
-        check_fsdp(TrainConfig(parallel="fsdp", dtype="fp16"), torch.device("cpu"))
+        check_fsdp(TrainConfig(parallel="fsdp", dtype="fp16").resolved(), torch.device("cpu"))
+    with pytest.raises(UserError, match='optimizer = "muon" needs whole matrices'):
+        check_fsdp(TrainConfig(parallel="fsdp").resolved(), torch.device("cpu"))
 
 
 def test_sigterm_writes_a_checkpoint_and_exits_75(data_dir, tmp_path):
