@@ -47,10 +47,7 @@ def demo_config(data_dir: Path, seed: int = 1337) -> TrainConfig:
         dropout=0.0,
         batch_tokens=2048,  # small batches, many steps: better than 4096 at equal tokens (BENCHMARKS.md)
         micro_batch=16,
-        lr=3e-3,
-        min_lr_ratio=0.1,
-        warmup_steps=30,
-        weight_decay=0.1,
+        warmup_steps=30,  # the modern recipe (arch, Muon + AdamW, WSD) at its tuned rates: optim.py
         eval_interval=100,
         eval_tokens=16384,
         sample_tokens=48,
@@ -94,9 +91,13 @@ def run_demo(
     tokens = min(choice["tokens_per_s"] * budget_s() * (1 - EVAL_SHARE), MAX_EPOCHS * train_tokens)
     steps = max(cfg.warmup_steps + 10, int(tokens) // cfg.batch_tokens)
     cfg.max_steps, cfg.eval_interval = steps, max(10, steps // 6)
-    log(f"      chose {cfg.n_layer} layers x {cfg.n_embd} wide ({choice['params']:,} parameters): {steps} steps x "
+    capped = tokens >= MAX_EPOCHS * train_tokens
+    if not capped:  # by the clock: the trainer re-plans the steps from its real speed (the sizing step is noisy)
+        cfg.max_seconds = budget_s()
+    log(f"      chose {cfg.n_layer} layers x {cfg.n_embd} wide ({choice['params']:,} parameters): ~{steps} steps x "
         f"{cfg.batch_tokens} tokens = {steps * cfg.batch_tokens / train_tokens:.1f} epochs at "
-        f"~{choice['tokens_per_s']:,.0f} tok/s on {choice['device']}")
+        f"~{choice['tokens_per_s']:,.0f} tok/s on {choice['device']}"
+        + ("" if capped else f"; the step count follows the clock ({cfg.max_seconds:.0f} s of training)"))
     result = train(cfg, out / "run", force=True, progress=progress, log=log)
     log(f"[4/5] held-out: loss {result['val_loss']:.4f} nats/token, perplexity {result['val_perplexity']:.2f}, "
         f"{result['val_bpb']:.3f} bits/byte")
@@ -127,7 +128,7 @@ def choose_shape(base: TrainConfig, vocab: int, unique_tokens: int, budget_s: Ca
     """
     from homegpt.train import measure_throughput
 
-    speed = speed or (lambda cfg: measure_throughput(cfg, vocab, steps=1))
+    speed = speed or (lambda cfg: measure_throughput(cfg, vocab, steps=2))
     chosen: tuple[TrainConfig, dict] | None = None
     for n_layer, n_embd in LADDER:
         cfg = replace(base, n_layer=n_layer, n_embd=n_embd, n_head=max(1, n_embd // 32))

@@ -3,25 +3,35 @@
 MFU = achieved model FLOP/s / the device's peak. Model FLOPs per token = 6N + 12 * n_layer * n_embd * T
 (PaLM, appendix B), counted on the model's matmuls whether or not the hardware wastes work. The peak is the
 GPU table's dense bf16/fp16 number for a known CUDA GPU, or, on a CPU, a measured fp32 matmul rate (CPUs
-have no agreed "peak": this makes CPU MFU a fraction of what this machine's BLAS really reaches).
+have no agreed "peak": this makes CPU MFU a fraction of what this machine's BLAS really reaches). The CPU
+number is the best measured on this machine so far (kept in ~/.cache/homegpt/cpu_peak.json), and MFU never
+shows more than 100%: a peak below what training achieves is raised to it.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import platform
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 
-def measure_matmul_flops(device: torch.device, n: int = 1024, repeats: int = 6) -> float:
-    """FLOP/s of a large fp32 matmul on this device: the best of a few timed runs."""
+def measure_matmul_flops(device: torch.device, n: int = 1024, min_seconds: float = 0.3, min_repeats: int = 6) -> float:
+    """FLOP/s of a large fp32 matmul on this device: the best of repeated timed runs over at least min_seconds.
+
+    The best of many, not of a few: on a shared machine one short measurement can read half the real rate
+    (seen: 0.06 and 0.14 TFLOP/s minutes apart on one VM), and a low peak shows MFU above 100%.
+    """
     # Its own generator: drawing from the global RNG would shift the training run's random stream.
     gen = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(n, n, device=device, generator=gen)
     b = torch.randn(n, n, device=device, generator=gen)
-    best = float("inf")
-    for i in range(repeats + 1):
+    best, start, i = float("inf"), time.perf_counter(), 0
+    while i <= min_repeats or time.perf_counter() - start < min_seconds:
         if device.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
@@ -30,7 +40,39 @@ def measure_matmul_flops(device: torch.device, n: int = 1024, repeats: int = 6) 
             torch.cuda.synchronize()
         if i:  # the first call warms up
             best = min(best, time.perf_counter() - t)
+        i += 1
     return 2 * n**3 / best
+
+
+def cpu_peak_cache() -> Path:
+    """Where the best CPU matmul rate measured on this machine is kept (HOMEGPT_CACHE or ~/.cache/homegpt)."""
+    root = os.environ.get("HOMEGPT_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or
+                                                           os.path.expanduser("~/.cache"), "homegpt")
+    return Path(root) / "cpu_peak.json"
+
+
+def cpu_peak(device: torch.device) -> float:
+    """The best fp32 matmul rate ever measured here for this CPU, thread count and torch: measured now, and
+    kept, so one slow reading on a busy machine does not set the peak (a cache that can't be written is
+    only skipped)."""
+    key = f"{platform.processor() or platform.machine()}|{os.cpu_count()}|{torch.get_num_threads()}|{torch.__version__}"
+    path = cpu_peak_cache()
+    try:
+        known = json.loads(path.read_text(encoding="utf-8"))
+        known = known if isinstance(known, dict) else {}
+    except (OSError, ValueError):
+        known = {}
+    cached = known.get(key)
+    peak = max(measure_matmul_flops(device), float(cached) if isinstance(cached, (int, float)) else 0.0)
+    if peak != cached:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(dict(known, **{key: peak}), indent=1) + "\n", encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError:
+            pass
+    return peak
 
 
 def peak_flops(device: torch.device, override_tflops: float | None = None) -> tuple[float, str]:
@@ -46,6 +88,8 @@ def peak_flops(device: torch.device, override_tflops: float | None = None) -> tu
             bf16 = torch.cuda.is_bf16_supported()
             return (gpu.peak_flops if bf16 or not gpu.bf16 else gpu.fp32_tflops * 1e12), f"table: {gpu.name}"
         return measure_matmul_flops(device, 4096), f"measured fp32 matmul on {name}"
+    if device.type == "cpu":
+        return cpu_peak(device), "best fp32 matmul measured on this CPU"
     return measure_matmul_flops(device), f"measured fp32 matmul on {device.type}"
 
 
@@ -71,7 +115,13 @@ class Meter:
 
     @property
     def mfu(self) -> float:
-        return self.tokens_per_s * self.flops_per_token / self.peak if self.peak > 0 else 0.0
+        """Achieved / peak, never above 1: a measured peak below what training reaches was a low reading, so
+        the peak rises to the achieved rate (GPU tables and given peaks are not measurements: never above 1)."""
+        achieved = self.tokens_per_s * self.flops_per_token
+        if self.peak <= 0:
+            return 0.0
+        self.peak = max(self.peak, achieved)
+        return achieved / self.peak
 
     def eta(self, step: int) -> float:
         per_step = sum(s for _, s in self._recent) / max(1, len(self._recent))

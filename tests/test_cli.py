@@ -88,6 +88,12 @@ def _write(path, text):
         ("config_missing", "does not exist"),
         ("bad_toml", "not valid TOML"),
         ("unknown_flag", "unrecognized arguments"),
+        ("unknown_arch", "unknown arch 'gpt3' (did you mean 'gpt2'?): use gpt2 or modern"),
+        ("unknown_optimizer", "unknown optimizer 'adam' (did you mean 'adamw'?)"),
+        ("unknown_schedule", "unknown schedule 'linear'"),
+        ("muon_option", "muon_momentum must be in [0, 1)"),
+        ("swiglu_on_gpt2", "mlp = 'swiglu' is not available with arch = 'gpt2'"),
+        ("bias_on_modern", 'arch = "modern" has no biases'),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(case, expect, tmp_path, capsys, data_dir, trained_run, source):
@@ -112,6 +118,12 @@ def test_bad_input_is_one_line_and_exit_2(case, expect, tmp_path, capsys, data_d
         "config_missing": ["train", tmp_path / "missing.toml"],
         "bad_toml": ["train", _write(tmp_path / "bad.toml", "lr = = 3")],
         "unknown_flag": ["eval", run, "--bogus"],
+        "unknown_arch": train + ["--arch", "gpt3"],
+        "unknown_optimizer": train + ["--optimizer", "adam"],
+        "unknown_schedule": train + ["--schedule", "linear"],
+        "muon_option": train + ["--muon-momentum", "1.5"],
+        "swiglu_on_gpt2": train + ["--arch", "gpt2", "--mlp", "swiglu"],
+        "bias_on_modern": train + ["--bias", "true"],
     }[case]
     (tmp_path / "b.txt").write_bytes(b"\x00\x01binary\x00")
     (tmp_path / "u.txt").write_bytes(b"fine text \xff\xfe more")

@@ -121,3 +121,87 @@ def test_per_token_losses_and_no_grad_use_pytorch_cross_entropy():
         _, mean = model(x, y)
         _, per_token = model(x, y, reduction="none")
     assert per_token.shape == (64,) and per_token.mean().item() == pytest.approx(mean.item(), abs=1e-6)
+
+
+VARIANTS = {
+    "gpt2": dict(arch="gpt2"),
+    "modern-relu2": dict(arch="modern"),
+    "modern-swiglu": dict(arch="modern", mlp="swiglu"),
+    "modern-relu2-untied": dict(arch="modern", tie_embeddings=False),
+    "modern-swiglu-untied": dict(arch="modern", mlp="swiglu", tie_embeddings=False),
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_variant_starts_at_ln_vocab_counts_exactly_and_overfits(variant):
+    torch.manual_seed(0)
+    cfg = small(vocab_size=512, **VARIANTS[variant])
+    model = GPT(cfg)
+    assert count_params(cfg) == model.num_params()
+    x, y = torch.randint(0, 512, (2, 4, 32))
+    _, loss = model(x, y)
+    assert abs(loss.item() - math.log(512)) < 0.1
+    batch = torch.randint(0, 512, (2, 17))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        _, loss = model(batch[:, :-1], batch[:, 1:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_cached_decoding_equals_uncached_for_every_variant(variant):
+    torch.manual_seed(1)
+    model = GPT(small(**VARIANTS[variant]))
+    for p in model.parameters():  # zero-initialised projections would make every position look alike
+        torch.nn.init.normal_(p, std=0.3)
+    model.eval()
+    prompt = torch.randint(0, 128, (3, 5))
+    with_cache = torch.cat(list(model.generate(prompt, 20, temperature=0, use_cache=True)), dim=1)
+    no_cache = torch.cat(list(model.generate(prompt, 20, temperature=0, use_cache=False)), dim=1)
+    assert torch.equal(with_cache, no_cache)
+    full, _ = model(prompt)
+    from homegpt.model import KVCache
+
+    cache = KVCache(model.config, 3, 5, "cpu")
+    stepped = torch.cat([model(prompt[:, :2], cache=cache)[0]] + [model(prompt[:, i:i + 1], cache=cache)[0]
+                                                                  for i in range(2, 5)], dim=1)
+    assert torch.allclose(full, stepped, atol=1e-5)
+
+
+def test_modern_model_has_no_biases_no_position_embedding_and_zero_output_projections():
+    model = GPT(small(arch="modern"))
+    names = dict(model.named_parameters())
+    assert not any(n.endswith(".bias") for n in names) and "transformer.wpe.weight" not in names
+    assert all(float(p.detach().abs().max()) == 0 for n, p in names.items() if n.endswith("c_proj.weight"))
+    assert small(arch="modern", mlp="swiglu", n_embd=512, n_head=8).mlp_hidden == 1344  # 8/3 * 512, multiple of 64
+
+
+def test_rotary_positions_make_attention_relative():
+    """Shifting a whole sequence's positions changes nothing that attention sees (q·k depends on the offset)."""
+    from homegpt.model import apply_rotary
+
+    cfg = small(arch="modern")
+    rot = GPT(cfg).rotary
+    q, k = torch.randn(2, 1, 1, 16), torch.randn(2, 1, 1, 16)
+    def score(i, j):
+        cos_i, sin_i = rot(torch.tensor([[i]]), 1)
+        cos_j, sin_j = rot(torch.tensor([[j]]), 1)
+        return (apply_rotary(q, cos_i, sin_i) * apply_rotary(k, cos_j, sin_j)).sum()
+    assert score(7, 3) == pytest.approx(score(14, 10), abs=1e-5)
+    assert score(7, 3) != pytest.approx(score(7, 4), abs=1e-3)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(arch="llama"), "unknown arch 'llama'"),
+    (dict(arch="gpt2", mlp="swiglu"), "mlp = 'swiglu' is not available with arch = 'gpt2'"),
+    (dict(arch="modern", mlp="gelu"), "mlp = 'gelu' is not available"),
+    (dict(arch="modern", bias=True), "has no biases"),
+    (dict(arch="gpt2", tie_embeddings=False), "tie_embeddings = false needs arch"),
+    (dict(arch="modern", rope_theta=0.0), "rope_theta must be positive"),
+])
+def test_impossible_model_settings_are_user_errors(bad, message):
+    with pytest.raises(UserError, match=message):
+        small(**bad)
