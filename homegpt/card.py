@@ -13,6 +13,7 @@ import json
 import math
 from pathlib import Path
 
+from homegpt.hf_arch import HF_CLASS
 from homegpt.model import GPTConfig, count_params, flops_per_token
 from homegpt.sources import BUILTIN_VAL_BOOKS
 from homegpt.tokenizer import EOT
@@ -90,6 +91,47 @@ def held_out_note(source: str) -> str:
     return "whole documents (or, for a few long documents, their last ~5%) never seen in training"
 
 
+def architecture(cfg: GPTConfig) -> str:
+    """What the model is, in one sentence, with the transformers class it loads as."""
+    if cfg.arch == "gpt2":
+        return (f"GPT-2 (`{HF_CLASS['gpt2']}`): learned positions, pre-LayerNorm blocks, tanh GELU, output head tied "
+                f"to the token embedding")
+    mlp = ("SwiGLU MLP (silu(gate) · up)" if cfg.mlp == "swiglu" else
+           "ReLU² MLP (relu(x)², stored as Qwen3's gated MLP with hidden_act relu and gate_proj = up_proj, which "
+           "computes the same: relu(a) · a = relu(a)²)")
+    head = "tied to the token embedding" if cfg.tie_embeddings else "untied (its own matrix)"
+    return (f"Qwen3 (`{HF_CLASS['modern']}`): rotary position embeddings (θ = {cfg.rope_theta:g}), pre-norm RMSNorm, "
+            f"RMSNorm on each head's queries and keys, no biases, one key/value head per query head, a {mlp}, "
+            f"output head {head}")
+
+
+def runtimes(cfg: GPTConfig) -> str:
+    """Which runtimes load the export and compute what homegpt computes; said plainly where one would not."""
+    if cfg.arch == "gpt2":
+        return ("transformers (checked: its logits equal homegpt's); a standard GPT-2 checkpoint otherwise, the "
+                "format vLLM and llama.cpp (after convert_hf_to_gguf.py) load (not checked by homegpt)")
+    if cfg.mlp == "swiglu":
+        return ("transformers (checked: its logits equal homegpt's); a plain Qwen3 (SiLU-gated MLP, QK-norm, no "
+                "grouped-query attention, no rope scaling) otherwise, which vLLM and llama.cpp (after "
+                "convert_hf_to_gguf.py) run (not checked by homegpt)")
+    return ("transformers only (checked: its logits equal homegpt's). vLLM's Qwen3 refuses any activation but "
+            "silu, and llama.cpp's Qwen3 assumes a SiLU-gated MLP: it would load this model and compute the wrong "
+            "thing, with no error. A model trained with mlp = \"swiglu\" exports as a plain Qwen3 that both run")
+
+
+def _parameters_text(cfg: GPTConfig) -> str:
+    params = count_params(cfg)
+    where = ("token + position embeddings" if cfg.arch == "gpt2" else
+             "the token embedding" if cfg.tie_embeddings else "the token embedding and the untied head")
+    text = (f"{params['total']:,} exactly ({params['non_embedding']:,} non-embedding, {params['embedding']:,} in "
+            f"{where})")
+    if cfg.arch == "modern" and cfg.mlp == "relu2":
+        stored = params["total"] + cfg.n_layer * cfg.mlp_hidden * cfg.n_embd
+        text += (f"; transformers counts {stored:,}, because the export stores each MLP's input matrix twice "
+                 f"(as gate_proj and up_proj)")
+    return text
+
+
 def compute_facts(cfg: GPTConfig, tokens: int | None) -> dict:
     """Training FLOPs: 6·N·D for the matmuls plus 12·L·d·T per token for attention (PaLM appendix B)."""
     n_matmul = count_params(cfg)["non_embedding"] + cfg.vocab_size * cfg.n_embd
@@ -128,7 +170,8 @@ def card_metadata(name: str, cfg: GPTConfig, ev: dict | None, source: str, licen
         "language": [language],
         "library_name": "transformers",
         "pipeline_tag": "text-generation",
-        "tags": ["homegpt", "gpt2", "causal-lm", "text-generation", "trained-from-scratch"],
+        "tags": ["homegpt", "gpt2" if cfg.arch == "gpt2" else "qwen3", "causal-lm", "text-generation",
+                 "trained-from-scratch"],
     }
     if datasets:
         meta["datasets"] = datasets
@@ -169,7 +212,6 @@ def render_card(
     where = repo_id or "path/to/this/folder"
     source = info.get("data_source", "")
     ev = ev or {}
-    params = count_params(cfg)
     tokens = ev.get("tokens_trained")
     comp = compute_facts(cfg, tokens)
     data_text, _ = describe_data(source)
@@ -180,16 +222,16 @@ def render_card(
 
     parts = [f"---\n{head}\n---\n", f"# {name}\n"]
     parts.append(
-        f"A small GPT-2-style language model trained from scratch with [homegpt](https://pypi.org/project/homegpt/) "
+        f"A small {'GPT-2' if cfg.arch == 'gpt2' else 'Qwen3'}-style language model trained from scratch with "
+        f"[homegpt](https://pypi.org/project/homegpt/) "
         f"on {data_text}. It continues text; it is not an assistant and was not tuned to follow instructions. "
         f"These are the weights at training step {step:,}.\n"
     )
     parts.append("## Model\n")
     parts.append(_table([
-        ("architecture", "GPT-2 (`GPT2LMHeadModel`): learned positions, pre-LayerNorm blocks, tanh GELU, "
-                         "output head tied to the token embedding"),
-        ("parameters", f"{params['total']:,} exactly ({params['non_embedding']:,} non-embedding, "
-                       f"{params['embedding']:,} in token + position embeddings)"),
+        ("architecture", architecture(cfg)),
+        ("runtimes", runtimes(cfg)),
+        ("parameters", _parameters_text(cfg)),
         ("layers / heads / width", f"{cfg.n_layer} / {cfg.n_head} / {cfg.n_embd}"),
         ("context", f"{cfg.block_size} tokens"),
         ("vocabulary", f"{cfg.vocab_size:,} (byte-level BPE; padded to a multiple of 64, padding ids are unused)"),
@@ -251,11 +293,24 @@ def _cell(v) -> str:
 def _training_rows(c: dict) -> list[tuple[str, str]]:
     if not c:
         return [("configuration", NOT_RECORDED)]
+    adamw = f"betas ({c.get('beta1')}, {c.get('beta2')})"
+    if c.get("optimizer") == "muon":
+        head = "" if c.get("tie_embeddings", True) else f", the untied head (lr {c.get('head_lr')})"
+        optimizer = (f"Muon on the blocks' matrices (lr below; momentum {c.get('muon_momentum_start')} rising to "
+                     f"{c.get('muon_momentum')} over {c.get('muon_momentum_warmup')} steps, weight decay "
+                     f"{c.get('muon_weight_decay')}); AdamW, {adamw}, on the embedding (lr {c.get('embedding_lr')})"
+                     f"{head} and the gains (lr {c.get('scalar_lr')}); gradient clip {c.get('grad_clip')}")
+    else:
+        optimizer = (f"AdamW, {adamw}, weight decay {c.get('weight_decay')} on matrices only, gradient clip "
+                     f"{c.get('grad_clip')}")
+    if c.get("schedule") == "wsd":
+        schedule = (f"{c.get('lr')}, {c.get('warmup_steps')} warmup steps, constant, then a linear decay over the "
+                    f"last {c.get('decay_fraction')} of the steps to {c.get('min_lr_ratio')}×")
+    else:
+        schedule = f"{c.get('lr')}, {c.get('warmup_steps')} warmup steps, cosine decay to {c.get('min_lr_ratio')}×"
     return [
-        ("optimizer", f"AdamW, betas ({c.get('beta1')}, {c.get('beta2')}), weight decay {c.get('weight_decay')} "
-                      f"on matrices only, gradient clip {c.get('grad_clip')}"),
-        ("learning rate", f"{c.get('lr')}, {c.get('warmup_steps')} warmup steps, cosine decay to "
-                          f"{c.get('min_lr_ratio')}×"),
+        ("optimizer", optimizer),
+        ("learning rate", schedule),
         ("batch", f"{c.get('batch_tokens'):,} tokens per step" if c.get("batch_tokens") else NOT_RECORDED),
         ("precision", str(c.get("dtype", NOT_RECORDED))),
         ("seed", str(c.get("seed", NOT_RECORDED))),
@@ -293,8 +348,9 @@ print(tok.decode(out[0], skip_special_tokens=True))
 Or `pipeline("text-generation", model="{where}")`. Prompt plus generated text must fit in
 {cfg.block_size} tokens. With homegpt: `homegpt import {where} --out my-run` (from a local folder), then
 `homegpt sample my-run --prompt "..."`, `homegpt eval my-run --data ...` or `homegpt train my-run --resume`.
-Harnesses that load Hugging Face models (e.g. `lm_eval --model hf --model_args pretrained={where}`) work as
-for any GPT-2.
+Harnesses that load Hugging Face models through transformers (e.g. `lm_eval --model hf --model_args
+pretrained={where}`) work as for any {"GPT-2" if cfg.arch == "gpt2" else "Qwen3"} model. Other runtimes: see
+"runtimes" above.
 """
 
 

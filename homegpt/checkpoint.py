@@ -5,7 +5,7 @@
       config.toml         the resolved training config (homegpt train --resume RUN reads it back)
       tokenizer.json      the tokenizer the model was trained with
       checkpoints/step-000200/
-          model.safetensors       weights (the tied output head is stored once, as the embedding)
+          model.safetensors       weights (a tied output head is stored once, as the embedding)
           optimizer.safetensors   AdamW moments and step counts, Muon momentum, keyed by parameter name
           rng.safetensors         torch RNG states (CPU, CUDA) and the data loader's generator
           state.json              step, tokens seen, elapsed time, python/numpy RNG states, best val loss
@@ -138,12 +138,20 @@ def find_checkpoint(run_dir: Path, step: int | str | None = None) -> Path:
 
 
 def model_state(model: GPT) -> dict[str, torch.Tensor]:
-    """Weights without the tied head (safetensors refuses shared storage; the head is the embedding).
+    """Weights as a checkpoint stores them: a tied head is left out (safetensors refuses shared storage; the
+    head is the embedding), an untied head is a weight like any other.
 
     Sharded (FSDP) weights are gathered whole: then every rank must call this, in step.
     """
-    return {k: full_tensor(v).detach().contiguous() for k, v in unwrap(model).state_dict().items()
-            if k != "lm_head.weight"}
+    stored = stored_names(model)
+    return {k: full_tensor(v).detach().contiguous() for k, v in unwrap(model).state_dict().items() if k in stored}
+
+
+def stored_names(model: GPT) -> set[str]:
+    """The state-dict names a checkpoint of this model holds: all of them, less a tied head."""
+    model = unwrap(model)
+    names = set(model.state_dict())
+    return names - {"lm_head.weight"} if model.config.tie_embeddings else names
 
 
 def unwrap(model):
@@ -229,7 +237,11 @@ def read_checkpoint(ckpt: Path) -> tuple[dict, dict, dict, dict]:
 
 def load_weights(model: GPT, weights: dict[str, torch.Tensor], where: Path) -> None:
     own = unwrap(model).state_dict()
-    if set(weights) != set(own) - {"lm_head.weight"}:
+    expected = stored_names(model)
+    if expected - set(weights) == {"lm_head.weight"}:
+        raise UserError(f"{where} has no lm_head.weight, which this model's untied head needs (homegpt before "
+                        f"untied heads were saved dropped it): that head is lost, train the run again")
+    if set(weights) != expected:
         raise UserError(f"{where} does not match this model's layers: is it from another run?")
     for k, v in weights.items():
         if own[k].shape != v.shape:

@@ -1,13 +1,12 @@
 """Export a run to a Hugging Face `transformers` folder, and import such a folder back into a run.
 
-homegpt's model is GPT-2's architecture with GPT-2's parameter names, so the conversion is small:
-transformers' GPT-2 stores its four projection matrices as `Conv1D` weights of shape (in, out), homegpt as
-`nn.Linear` weights of shape (out, in), so those four are transposed; everything else is copied. The head is
-tied to the token embedding in both, and is stored once. The vocabulary keeps homegpt's padded size (the
-tokenizer's size rounded up to 64): the padding rows are real, if untrained, rows of the embedding.
+Which transformers class a model becomes, and how its weights are renamed, is hf_arch.py's business: GPT-2
+runs become GPT2LMHeadModel, modern runs Qwen3ForCausalLM. This module writes and reads the folder around
+them. The vocabulary keeps homegpt's padded size (the tokenizer's size rounded up to 64): the padding rows
+are real, if untrained, rows of the embedding.
 
     OUT/
-      config.json               GPT2LMHeadModel config (gelu_new = homegpt's tanh GELU, LayerNorm eps 1e-5)
+      config.json               the transformers config (every setting that changes the computation explicit)
       model.safetensors         weights under transformers' names, fp32
       generation_config.json    <|endoftext|> as bos/eos/pad, homegpt's default sampling settings
       tokenizer.json            the run's tokenizer, byte for byte (its hash is how a run knows its tokenizer)
@@ -26,6 +25,7 @@ import random
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,13 +36,10 @@ from safetensors.torch import load_file, save_file
 from homegpt import __version__
 from homegpt.checkpoint import numpy_rng_json, python_rng_json
 from homegpt.errors import UserError
+from homegpt.hf_arch import HF_CLASS, from_hf, to_hf
 from homegpt.model import GPT, GPTConfig, count_params
 from homegpt.tokenizer import EOT, file_sha256, load_tokenizer
 
-# nn.Linear (out, in) in homegpt <-> Conv1D (in, out) in transformers' GPT-2.
-TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, which homegpt's model uses
-TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")  # both are GELU with the tanh approximation
 META_FILE = "homegpt.json"
 EXPORT_FILES = (
     "config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -51,53 +48,9 @@ EXPORT_FILES = (
 # What a run directory holds (checkpoint.py): replaced as a whole by `import --force`.
 RUN_FILES = ("run.json", "config.toml", "tokenizer.json", "checkpoints", "metrics.csv", "samples.txt", "loss.png",
              "eval.json")
-# Buffers some transformers versions save: the causal mask, not weights.
-IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 
 
 # --------------------------------------------------------------------------------------------- export
-
-
-def hf_config(cfg: GPTConfig, eot_id: int) -> dict:
-    """transformers' GPT2Config for a homegpt model (every field that changes the computation is explicit)."""
-    if not cfg.bias:
-        raise UserError("this run's model has no biases (bias = false): transformers' GPT-2 always has them, "
-                        "so it cannot be exported as GPT2LMHeadModel")
-    return {
-        "architectures": ["GPT2LMHeadModel"],
-        "model_type": "gpt2",
-        "vocab_size": cfg.vocab_size,
-        "n_positions": cfg.block_size,
-        "n_embd": cfg.n_embd,
-        "n_layer": cfg.n_layer,
-        "n_head": cfg.n_head,
-        "n_inner": None,  # 4 * n_embd, as homegpt's MLP
-        "activation_function": "gelu_new",
-        "layer_norm_epsilon": LAYER_NORM_EPS,
-        "resid_pdrop": cfg.dropout,
-        "embd_pdrop": cfg.dropout,
-        "attn_pdrop": cfg.dropout,
-        "initializer_range": 0.02,
-        "scale_attn_weights": True,
-        "scale_attn_by_inverse_layer_idx": False,
-        "reorder_and_upcast_attn": False,
-        "tie_word_embeddings": True,
-        "bos_token_id": eot_id,
-        "eos_token_id": eot_id,
-        "pad_token_id": eot_id,
-        "use_cache": True,
-        "dtype": "float32",
-    }
-
-
-def to_hf_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """homegpt state (tied head omitted) -> transformers GPT2LMHeadModel state, same names."""
-    out = {}
-    for name, t in state.items():
-        if name == "lm_head.weight":
-            continue  # tied: transformers re-ties it to transformer.wte.weight on load
-        out[name] = (t.t() if name.endswith(TRANSPOSED) else t).float().contiguous()
-    return out
 
 
 def tokenizer_files(eot_id: int, block_size: int) -> dict[str, dict]:
@@ -178,10 +131,9 @@ def export_run(
     run = load_run(run_path, device="cpu", step=step)
     cfg = run.model.config
     eot_id = run.tokenizer.token_to_id(EOT)
-    config = hf_config(cfg, eot_id)  # refuses bias-free models before anything is written
     from homegpt.checkpoint import model_state
 
-    weights = to_hf_weights(model_state(run.model))
+    config, weights = to_hf(cfg, model_state(run.model), eot_id)  # refusals come before anything is written
     eval_info = checkpoint_eval(run, read_json(run_path / "eval.json"))
     train_cfg = read_train_config(run_path)
     meta = {
@@ -218,7 +170,7 @@ def export_run(
         shutil.rmtree(tmp, ignore_errors=True)
     files = sorted(p.name for p in out.iterdir() if p.name in EXPORT_FILES)
     return {"out_dir": str(out), "step": run.step, "files": files, "params": count_params(cfg)["total"],
-            "vocab_size": cfg.vocab_size, "block_size": cfg.block_size}
+            "vocab_size": cfg.vocab_size, "block_size": cfg.block_size, "architecture": HF_CLASS[cfg.arch]}
 
 
 def checkpoint_eval(run, eval_info: dict | None) -> dict | None:
@@ -310,34 +262,12 @@ def _umask() -> int:
 # --------------------------------------------------------------------------------------------- import
 
 
-def read_hf_config(hf_dir: Path) -> GPTConfig:
-    """A GPTConfig from config.json, refusing GPT-2 variants homegpt's model cannot compute exactly."""
+def read_hf_config(hf_dir: Path) -> dict:
+    """config.json as a dict; hf_arch.from_hf decides whether homegpt can compute what it describes."""
     config = read_json(hf_dir / "config.json")
-    if config is None:
+    if not isinstance(config, dict):
         raise UserError(f"{hf_dir} has no readable config.json: is it a transformers model folder?")
-    kind = config.get("model_type")
-    if kind != "gpt2":
-        raise UserError(f"{hf_dir} holds a {kind!r} model: homegpt imports GPT-2 (model_type gpt2) only")
-    checks = [
-        (config.get("activation_function", "gelu_new") in TANH_GELUS,
-         f"activation_function {config.get('activation_function')!r} (homegpt uses the tanh GELU, gelu_new)"),
-        (abs(float(config.get("layer_norm_epsilon", LAYER_NORM_EPS)) - LAYER_NORM_EPS) < 1e-12,
-         f"layer_norm_epsilon {config.get('layer_norm_epsilon')} (homegpt uses {LAYER_NORM_EPS})"),
-        (config.get("n_inner") in (None, 4 * config.get("n_embd", 0)), f"n_inner {config.get('n_inner')}"),
-        (config.get("scale_attn_weights", True), "scale_attn_weights false"),
-        (not config.get("scale_attn_by_inverse_layer_idx", False), "scale_attn_by_inverse_layer_idx"),
-        (not config.get("add_cross_attention", False), "cross-attention"),
-        (config.get("tie_word_embeddings", True), "an output head not tied to the embedding"),
-    ]
-    for ok, what in checks:
-        if not ok:
-            raise UserError(f"{hf_dir}: {what} is not something homegpt's GPT can represent")
-    drop = float(config.get("resid_pdrop", 0.0))
-    try:
-        return GPTConfig(n_layer=config["n_layer"], n_head=config["n_head"], n_embd=config["n_embd"],
-                         block_size=config["n_positions"], vocab_size=config["vocab_size"], dropout=drop, bias=True)
-    except KeyError as e:
-        raise UserError(f"{hf_dir}/config.json has no {e.args[0]}") from None
+    return config
 
 
 def read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
@@ -362,27 +292,6 @@ def read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def from_hf_weights(tensors: dict[str, torch.Tensor], cfg: GPTConfig, where: Path) -> dict[str, torch.Tensor]:
-    """transformers GPT-2 tensors (GPT2LMHeadModel or bare GPT2Model names) -> homegpt state, head omitted."""
-    out = {}
-    for name, t in tensors.items():
-        if name.endswith(IGNORED_SUFFIXES):
-            continue
-        key = name if name.startswith(("transformer.", "lm_head.")) else f"transformer.{name}"
-        out[key] = (t.t() if key.endswith(TRANSPOSED) else t).float().contiguous()
-    head = out.pop("lm_head.weight", None)
-    wte = out.get("transformer.wte.weight")
-    if head is not None and wte is not None and not torch.equal(head, wte):
-        raise UserError(f"{where}: lm_head.weight differs from the token embedding; homegpt ties the two")
-    with torch.device("meta"):  # names only: no memory, no initialisation
-        expected = {k for k in GPT(cfg).state_dict() if k != "lm_head.weight"}
-    missing, extra = sorted(expected - set(out)), sorted(set(out) - expected)
-    if missing or extra:
-        detail = f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}"
-        raise UserError(f"{where}: the weights do not match config.json's GPT-2 ({detail})")
-    return out
-
-
 def import_tokenizer(hf_dir: Path, dest: Path) -> None:
     """tokenizer.json as it is (byte for byte), or one built from GPT-2's vocab.json + merges.txt."""
     src = hf_dir / "tokenizer.json"
@@ -402,11 +311,12 @@ def import_tokenizer(hf_dir: Path, dest: Path) -> None:
 
 
 def import_hf(hf_dir: str | Path, out_run_dir: str | Path, force: bool = False) -> dict:
-    """Turn a transformers GPT-2 folder into a homegpt run that sample, eval and `train --resume` accept.
+    """Turn a transformers GPT-2 or Qwen3 folder into a homegpt run that sample, eval and `train --resume` accept.
 
-    The run has one checkpoint with weights, fresh RNG states and no optimizer moments (AdamW restarts
+    The run has one checkpoint with weights, fresh RNG states and no optimizer state (the optimizer restarts
     from zero moments when training resumes). A homegpt export's homegpt.json restores the step, the
-    training config and the held-out metrics; any other GPT-2 starts at step 0.
+    training config (dropout included: transformers' configs have no place for it) and the held-out
+    metrics; any other model starts at step 0.
     """
     src, out = Path(hf_dir), Path(out_run_dir)
     if not src.is_dir():
@@ -416,9 +326,11 @@ def import_hf(hf_dir: str | Path, out_run_dir: str | Path, force: bool = False) 
     if out.is_dir() and any(out.iterdir()) and not force:
         what = "already holds a run" if (out / "run.json").exists() else "is not empty"
         raise UserError(f"{out} {what}: choose another --out or pass --force")
-    cfg = read_hf_config(src)
-    weights = from_hf_weights(read_hf_weights(src), cfg, src)
+    cfg, weights = from_hf(read_hf_config(src), lambda: read_hf_weights(src), src)
     meta = read_json(src / META_FILE) or {}
+    dropout = (meta.get("train_config") or {}).get("dropout")
+    if isinstance(dropout, (int, float)) and not isinstance(dropout, bool):
+        cfg = replace(cfg, dropout=float(dropout))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:  # built aside and moved in whole: a refused import leaves --out as it was
@@ -478,7 +390,8 @@ def write_run(out: Path, cfg: GPTConfig, weights: dict[str, torch.Tensor], step:
 
 
 def _imported_train_config(saved: dict, cfg: GPTConfig) -> dict:
-    """The exported run's training config when known, with the model's shape spelled out (no preset)."""
+    """The exported run's training config when known, with the model spelled out (no preset): its shape and
+    architecture, so that training resumes this very model."""
     from homegpt.config import TrainConfig
 
     known = set(TrainConfig().to_dict())
@@ -486,7 +399,8 @@ def _imported_train_config(saved: dict, cfg: GPTConfig) -> dict:
     if values.get("data_dir") and not Path(values["data_dir"]).is_dir():
         values["data_dir"] = ""  # another machine's path: give --data-dir when resuming
     values.update(preset="", n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
-                  block_size=cfg.block_size, dropout=cfg.dropout, bias=True)
+                  block_size=cfg.block_size, dropout=cfg.dropout, arch=cfg.arch, mlp=cfg.mlp,
+                  rope_theta=cfg.rope_theta, tie_embeddings=cfg.tie_embeddings, bias="true" if cfg.bias else "false")
     values.setdefault("data_dir", "")
     return TrainConfig(**values).to_dict()
 

@@ -113,7 +113,7 @@ def cmd_export(args) -> int:
     if args.json:
         print(json.dumps(r))
     else:
-        print(f"wrote {r['out_dir']}: GPT2LMHeadModel, {r['params']:,} parameters, step {r['step']}, "
+        print(f"wrote {r['out_dir']}: {r['architecture']}, {r['params']:,} parameters, step {r['step']}, "
               f"{len(r['files'])} files ({', '.join(r['files'])})")
     return 0
 
@@ -198,7 +198,7 @@ def register(sub) -> None:
     _add_card_flags(e)
     e.set_defaults(func=cmd_export)
 
-    i = sub.add_parser("import", help="turn a transformers GPT-2 folder into a homegpt run")
+    i = sub.add_parser("import", help="turn a transformers GPT-2 or Qwen3 folder into a homegpt run")
     i.add_argument("hf_dir")
     i.add_argument("--out", required=True, help="run directory to create")
     i.add_argument("--force", action="store_true", help="replace a run already in --out")
