@@ -105,15 +105,19 @@ def architecture(cfg: GPTConfig) -> str:
             f"output head {head}")
 
 
+LLAMA_CPP_TOKENIZER = ("; llama.cpp's convert_hf_to_gguf.py does not know this newly trained tokenizer's hash: "
+                       "register it as the `gpt-2` pre-tokenizer, which is how it splits text")
+
+
 def runtimes(cfg: GPTConfig) -> str:
     """Which runtimes load the export and compute what homegpt computes; said plainly where one would not."""
     if cfg.arch == "gpt2":
         return ("transformers (checked: its logits equal homegpt's); a standard GPT-2 checkpoint otherwise, the "
-                "format vLLM and llama.cpp (after convert_hf_to_gguf.py) load (not checked by homegpt)")
+                f"format vLLM and llama.cpp load (not checked by homegpt){LLAMA_CPP_TOKENIZER}")
     if cfg.mlp == "swiglu":
         return ("transformers (checked: its logits equal homegpt's); a plain Qwen3 (SiLU-gated MLP, QK-norm, no "
-                "grouped-query attention, no rope scaling) otherwise, which vLLM and llama.cpp (after "
-                "convert_hf_to_gguf.py) run (not checked by homegpt)")
+                "grouped-query attention, no rope scaling) otherwise, which vLLM and llama.cpp run (not checked by "
+                f"homegpt){LLAMA_CPP_TOKENIZER}")
     return ("transformers only (checked: its logits equal homegpt's). vLLM's Qwen3 refuses any activation but "
             "silu, and llama.cpp's Qwen3 assumes a SiLU-gated MLP: it would load this model and compute the wrong "
             "thing, with no error. A model trained with mlp = \"swiglu\" exports as a plain Qwen3 that both run")
