@@ -6,19 +6,24 @@
    real per-token cost fits the budget.
 2. Compute -> N_opt, D_opt from the law's closed form (or, with few unique tokens, Muennighoff's
    data-constrained loss minimised along 6ND = C).
-3. N_opt -> a homegpt shape with head dim 64 and a sensible depth/width (see search_shape), and the
-   tokens that spend the same compute on it, D = C / 6N.
-4. Batch and peak learning rate from DeepSeek LLM's compute fits; hours and dollars from the throughput.
+3. N_opt -> a homegpt shape with head dim 64 and a sensible depth/width (see search_shape), its parameters
+   counted exactly for the architecture it will train with (Arch), and the tokens that spend the same
+   compute on it, D = C / 6N.
+4. The recipe per architecture (recipe()): the batch from DeepSeek LLM's compute fit for both; gpt2 trains
+   with AdamW + cosine at DeepSeek's peak lr rule, modern with Muon + AdamW + WSD at optim.py's tuned
+   learning rates. Hours and dollars from the throughput.
 """
 
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from homegpt.config import DEFAULT_ARCH
 from homegpt.errors import UserError
 from homegpt.hardware import lookup_gpu
 from homegpt.model import GPTConfig, count_params, flops_per_token
@@ -34,6 +39,49 @@ ASPECT_RANGE = (32, 128)
 ASPECT_PENALTY = 0.02
 DEEPSEEK_FIT_RANGE = (1e17, 2e19)
 MIN_STEPS = 200  # the batch rule is shrunk until a run has at least this many optimizer steps
+
+
+@dataclass(frozen=True)
+class Arch:
+    """The architecture a shape is planned for: what, besides the shape, sets its parameter count
+    (model.py: gpt2 has position embeddings and biases, modern has q/k-norm gains, SwiGLU's hidden size,
+    an untied head adds V x d) and which recipe trains it. Checked, and mlp made concrete, on creation."""
+
+    arch: str = DEFAULT_ARCH
+    mlp: str = ""  # "" = the architecture's first (gelu, relu2)
+    tie_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        probe = GPTConfig(arch=self.arch, mlp=self.mlp, tie_embeddings=self.tie_embeddings)  # UserError if bad
+        object.__setattr__(self, "mlp", probe.mlp)
+
+    def shape(self, n_layer: int, n_head: int, n_embd: int, block_size: int, vocab_size: int) -> GPTConfig:
+        return GPTConfig(n_layer, n_head, n_embd, block_size, vocab_size, arch=self.arch, mlp=self.mlp,
+                         tie_embeddings=self.tie_embeddings)
+
+
+def recipe(arch: Arch, flops: float, lr: float | None = None) -> dict:
+    """How `arch` trains at compute `flops`: optimizer, schedule and peak learning rates, exactly as
+    TrainConfig.resolved() fills them (so plan, sweep and train agree), with lr overriding the matrices' rate.
+
+    gpt2: AdamW on every parameter at DeepSeek's compute rule, cosine decay. modern: Muon on the blocks'
+    matrices and AdamW on the embedding, an untied head and the gains, at optim.py's tuned constants (not
+    scaled with compute: see docs/planning.md), WSD schedule.
+    """
+    from homegpt.config import TrainConfig
+
+    rule = arch.arch == "gpt2"
+    cfg = TrainConfig(preset="", arch=arch.arch, lr=lr or (deepseek_lr(flops) if rule else 0.0)).resolved()
+    if lr:
+        how = "given"
+    elif cfg.optimizer == "adamw":
+        how = "DeepSeek LLM's rule 0.3118 C^-0.125"
+    else:
+        how = "optim.py's tuned Muon recipe (MUON_LR, MUON_EMBEDDING_LR, MUON_HEAD_LR, MUON_SCALAR_LR)"
+    return {"arch": arch.arch, "mlp": arch.mlp, "tie_embeddings": arch.tie_embeddings,
+            "optimizer": cfg.optimizer, "schedule": cfg.schedule, "lr": cfg.lr, "embedding_lr": cfg.embedding_lr,
+            "head_lr": cfg.head_lr, "scalar_lr": cfg.scalar_lr, "min_lr_ratio": cfg.min_lr_ratio,
+            "decay_fraction": cfg.decay_fraction if cfg.schedule == "wsd" else None, "lr_rule": how}
 
 
 @dataclass
@@ -86,17 +134,19 @@ RELAX_ABOVE = 0.10
 
 
 def search_shape(n_target: float, vocab_size: int, block_size: int, max_width: int = 16384,
-                 rules: tuple = SHAPE_RULES) -> GPTConfig:
-    """The homegpt shape whose exact total parameter count is closest to n_target.
+                 rules: tuple = SHAPE_RULES, arch: Arch | None = None) -> GPTConfig:
+    """The homegpt shape whose exact total parameter count, for `arch` (default: the default recipe's
+    architecture), is closest to n_target.
 
     Width is a multiple of the head size (64) and depth keeps d_model / n_layer within the aspect band
     (32..128: Kaplan et al. found loss nearly flat across it; GPT-2 and Pythia models lie in it). Among
     near-equal counts the aspect ratio nearest 64 wins: score = |ln(P / N)| + 0.02 |log2(ratio / 64)|,
     i.e. 2% off in count per octave off in shape. See SHAPE_RULES for when the band is relaxed.
     """
+    arch = arch or Arch()
     best = None
     for head_dim, aspect in rules:
-        found = _best_shape(n_target, vocab_size, block_size, max_width, head_dim, aspect)
+        found = _best_shape(n_target, vocab_size, block_size, max_width, head_dim, aspect, arch)
         if found is not None and (best is None or found[1] < best[1]):
             best = found
         if best is not None and best[1] <= math.log(1 + RELAX_ABOVE):
@@ -107,7 +157,7 @@ def search_shape(n_target: float, vocab_size: int, block_size: int, max_width: i
 
 
 def _best_shape(n_target: float, vocab: int, block: int, max_width: int, head_dim: int,
-                aspect: tuple[int, int]) -> tuple[GPTConfig, float] | None:
+                aspect: tuple[int, int], arch: Arch) -> tuple[GPTConfig, float] | None:
     """(shape, |ln(count / target)|) with the best score under one rule, or None if the rule allows none."""
     best: tuple[float, int, int, float] | None = None
     for width in range(head_dim, max_width + 1, head_dim):
@@ -115,7 +165,7 @@ def _best_shape(n_target: float, vocab: int, block: int, max_width: int, head_di
         if depths.size == 0:
             continue
         # count_params is linear in depth: two exact counts give every depth's count.
-        one, two = (count_params(GPTConfig(d, width // head_dim, width, block, vocab))["total"] for d in (1, 2))
+        one, two = (count_params(arch.shape(d, width // head_dim, width, block, vocab))["total"] for d in (1, 2))
         counts = one + (depths - 1) * (two - one)
         error = np.abs(np.log(counts / n_target))
         score = error + ASPECT_PENALTY * np.abs(np.log2(width / depths / 64.0))
@@ -127,7 +177,7 @@ def _best_shape(n_target: float, vocab: int, block: int, max_width: int, head_di
     if best is None:
         return None
     _, depth, width, error = best
-    return GPTConfig(depth, width // head_dim, width, block, vocab), error
+    return arch.shape(depth, width // head_dim, width, block, vocab), error
 
 
 def deepseek_lr(flops: float) -> float:
@@ -151,8 +201,10 @@ def plan(*, flops: float | None = None, budget_usd: float | None = None, gpu_hou
          gpu: str | None = None, num_gpus: int = 1, mfu: float | None = None, price: float | None = None,
          peak_tflops: float | None = None, law: str | Law = "epoch", vocab_size: int = DEFAULT_VOCAB,
          block_size: int = DEFAULT_BLOCK, bytes_per_token: float = DEFAULT_BYTES_PER_TOKEN,
-         unique_tokens: float | None = None, throughput: Throughput | None = None) -> dict:
-    """A complete plan as a JSON-ready dict (see docs/planning.md for every key)."""
+         unique_tokens: float | None = None, throughput: Throughput | None = None, arch: str = DEFAULT_ARCH,
+         mlp: str = "", tie_embeddings: bool = True) -> dict:
+    """A complete plan as a JSON-ready dict (see docs/planning.md for every key), for the recipe of `arch`
+    (gpt2 | modern; mlp and tie_embeddings as in model.py)."""
     given = [k for k, v in (("--flops", flops), ("--budget-usd", budget_usd), ("--gpu-hours", gpu_hours))
              if v is not None]
     if len(given) != 1:
@@ -163,6 +215,9 @@ def plan(*, flops: float | None = None, budget_usd: float | None = None, gpu_hou
         _positive(name, value)
     if block_size < 1 or vocab_size < 1:
         raise UserError("--block-size and --vocab-size must be positive")
+    if arch == "gpt2" and not tie_embeddings:
+        raise UserError("GPT-2 ties its head to the token embedding: --untied needs --arch modern")
+    model = Arch(arch, mlp, tie_embeddings)
     the_law = law if isinstance(law, Law) else load_law(law)
     hw = throughput or resolve_throughput(gpu, num_gpus, mfu, price, peak_tflops)
     wall_hours = None  # hours of the whole machine the budget buys
@@ -177,13 +232,13 @@ def plan(*, flops: float | None = None, budget_usd: float | None = None, gpu_hou
 
     if wall_hours is None:
         law_flops = float(flops)
-        shape, tokens, n_opt, d_opt = _allocate(the_law, law_flops, vocab_size, block_size, unique_tokens)
+        shape, tokens, n_opt, d_opt = _allocate(the_law, law_flops, vocab_size, block_size, unique_tokens, model)
     else:
         # Hardware FLOPs include attention and the head; find the law compute C whose run costs exactly them.
         hw_flops = wall_hours * 3600 * hw.total_flops_per_s
         law_flops = hw_flops
         for _ in range(8):
-            shape, tokens, n_opt, d_opt = _allocate(the_law, law_flops, vocab_size, block_size, unique_tokens)
+            shape, tokens, n_opt, d_opt = _allocate(the_law, law_flops, vocab_size, block_size, unique_tokens, model)
             ratio = flops_per_token(shape) / (6 * count_params(shape)["total"])
             if abs(hw_flops / ratio - law_flops) <= 1e-9 * law_flops:
                 break
@@ -191,21 +246,22 @@ def plan(*, flops: float | None = None, budget_usd: float | None = None, gpu_hou
         # Whatever shape the iteration settled on (it can alternate between two), spend exactly the budget.
         tokens = hw_flops / flops_per_token(shape)
         law_flops = 6 * count_params(shape)["total"] * tokens
-    return _describe(the_law, law_flops, shape, tokens, n_opt, d_opt, hw, bytes_per_token, unique_tokens)
+    return _describe(the_law, law_flops, shape, tokens, n_opt, d_opt, hw, bytes_per_token, unique_tokens, model)
 
 
-def _allocate(law: Law, flops: float, vocab: int, block: int, unique: float | None):
+def _allocate(law: Law, flops: float, vocab: int, block: int, unique: float | None, arch: Arch):
     """(shape, training tokens for it, N_opt, D_opt) for a compute budget."""
     n_opt, d_opt = law.optimum(flops)
     if unique is not None and unique < d_opt:
         n_opt, d_opt = constrained_optimum(law, flops, unique)
-    shape = search_shape(n_opt, vocab, block)
+    shape = search_shape(n_opt, vocab, block, arch=arch)
     return shape, flops / (6 * count_params(shape)["total"]), n_opt, d_opt
 
 
 def _describe(law: Law, flops: float, shape: GPTConfig, tokens: float, n_opt: float, d_opt: float,
-              hw: Throughput | None, bytes_per_token: float, unique: float | None) -> dict:
+              hw: Throughput | None, bytes_per_token: float, unique: float | None, arch: Arch) -> dict:
     params = count_params(shape)["total"]
+    how = recipe(arch, flops)
     batch_tokens, micro = batch_plan(flops, shape.block_size, tokens)
     steps = max(1, math.ceil(tokens / batch_tokens))
     constrained = unique is not None and unique < tokens
@@ -219,7 +275,8 @@ def _describe(law: Law, flops: float, shape: GPTConfig, tokens: float, n_opt: fl
                         f"vocabulary (the embedding alone is {shape.vocab_size * shape.n_embd:,}): "
                         f"use a smaller vocabulary or a bigger budget")
     if not DEEPSEEK_FIT_RANGE[0] <= flops <= DEEPSEEK_FIT_RANGE[1]:
-        warnings.append("the batch and lr rules were fitted at 1e17-2e19 FLOPs: outside, treat them as a start")
+        rules = "batch and lr rules were" if how["optimizer"] == "adamw" else "batch rule was"
+        warnings.append(f"the {rules} fitted at 1e17-2e19 FLOPs: outside, treat them as a start")
     epochs = tokens / unique if unique else None
     if epochs is not None and epochs > 4:
         # The budget at which 4 epochs of the data is the compute-optimal token count: beyond it, more compute
@@ -240,12 +297,14 @@ def _describe(law: Law, flops: float, shape: GPTConfig, tokens: float, n_opt: fl
         "predicted_loss_note": f"nats/token on {law.reference or 'the data the law was fitted on'}: "
                                f"a reference point, not a promise for your data or tokenizer",
         "model": {"n_layer": shape.n_layer, "n_head": shape.n_head, "n_embd": shape.n_embd,
-                  "block_size": shape.block_size, "vocab_size": shape.vocab_size, "params": params},
+                  "block_size": shape.block_size, "vocab_size": shape.vocab_size, "params": params,
+                  "arch": shape.arch, "mlp": shape.mlp, "tie_embeddings": shape.tie_embeddings},
         "train_tokens": int(math.ceil(tokens)),
         "batch_tokens": batch_tokens,
         "micro_batch": micro,
         "steps": steps,
-        "lr": deepseek_lr(flops),
+        "lr": how["lr"],
+        "recipe": how,
         "warmup_steps": int(min(max(1, round(0.02 * steps)), 2000, max(1, steps // 2))),
         "hours": hours,
         "cost_usd": cost,
@@ -266,7 +325,8 @@ def _describe(law: Law, flops: float, shape: GPTConfig, tokens: float, n_opt: fl
 def measure_plan(*, steps: int = 3, device: str | None = None, gpu: str | None = None, num_gpus: int = 1,
                  mfu: float | None = None, price: float | None = None, peak_tflops: float | None = None,
                  **kwargs) -> dict:
-    """plan(), with the throughput timed on this machine: real training steps of the planned shape.
+    """plan(), with the throughput timed on this machine: real training steps (forward, backward and the
+    recipe's optimizer) of the planned architecture and shape.
 
     The shape depends on the budget and the budget on the throughput, so this re-plans with the measured
     FLOP/s and measures again until the shape stops changing (rarely more than two rounds). --gpu still
@@ -285,7 +345,9 @@ def measure_plan(*, steps: int = 3, device: str | None = None, gpu: str | None =
             break
         measured_for = (m["n_layer"], m["n_embd"])
         cfg = TrainConfig(preset="", n_layer=m["n_layer"], n_head=m["n_head"], n_embd=m["n_embd"],
-                          block_size=m["block_size"], micro_batch=result["micro_batch"], device=device or "auto")
+                          block_size=m["block_size"], arch=m["arch"], mlp=m["mlp"],
+                          tie_embeddings=m["tie_embeddings"], optimizer=result["recipe"]["optimizer"],
+                          micro_batch=result["micro_batch"], device=device or "auto")
         timing = measure_throughput(cfg, m["vocab_size"], steps=steps)
         peak = base.peak_tflops if base else None
         thr = Throughput(timing["flops_per_s"], num_gpus, base.price_per_hour if base else price,
@@ -327,25 +389,33 @@ def write_config(result: dict, path: str | Path, data_dir: str | None = None) ->
     """A flat TOML that `homegpt train` accepts unchanged, its schedule spanning the planned tokens."""
     from homegpt.config import TrainConfig, dump_toml
 
-    m = result["model"]
+    m, r = result["model"], result["recipe"]
     values = {
         "data_dir": data_dir or "data",
         "preset": "",
         "n_layer": m["n_layer"], "n_head": m["n_head"], "n_embd": m["n_embd"], "block_size": m["block_size"],
+        "arch": m["arch"], "mlp": m["mlp"], "tie_embeddings": m["tie_embeddings"],
+        "optimizer": r["optimizer"], "schedule": r["schedule"],
         "batch_tokens": result["batch_tokens"],
         "micro_batch": result["micro_batch"],
         "max_tokens": result["train_tokens"],
-        "lr": float(f"{result['lr']:.3g}"),
-        "warmup_steps": result["warmup_steps"],
-        "eval_interval": max(1, min(1000, result["steps"] // 20)),
+        "lr": _lr(r["lr"]),
     }
+    if r["optimizer"] == "muon":  # AdamW trains every parameter at lr: the other rates are Muon's recipe only
+        values.update(embedding_lr=_lr(r["embedding_lr"]), scalar_lr=_lr(r["scalar_lr"]))
+        if not m["tie_embeddings"]:
+            values["head_lr"] = _lr(r["head_lr"])
+    values.update(warmup_steps=result["warmup_steps"], eval_interval=max(1, min(1000, result["steps"] // 20)))
     TrainConfig.from_dict(values)  # the same check `homegpt train` makes, before anything is written
+    other = "modern" if m["arch"] == "gpt2" else "gpt2"
     head = [
         "# written by `homegpt plan`: a compute-optimal run under the law "
         f"{result['law']['name']!r} for C = {result['flops']:.3g} FLOPs",
         f"# {m['params']:,} parameters (vocabulary {m['vocab_size']:,}) trained on {result['train_tokens']:,} tokens",
         f"# the parameter count assumes a {m['vocab_size']:,}-token model vocabulary: "
         "with another tokenizer, plan again with --data-dir",
+        *textwrap.wrap(f"recipe: {recipe_text(result)}", 110, initial_indent="# ", subsequent_indent="#   "),
+        f"# for the {other} recipe, plan again with --arch {other} (its parameter count and learning rates differ)",
     ]
     if not data_dir:
         head.append('# data_dir: point it at the output of `homegpt prepare` (e.g. data_dir = "data/mytext")')
@@ -354,6 +424,25 @@ def write_config(result: dict, path: str | Path, data_dir: str | None = None) ->
         raise UserError(f"folder {out.parent} does not exist: create it or write the config elsewhere")
     out.write_text("\n".join(head) + "\n" + dump_toml(values), encoding="utf-8")
     return out
+
+
+def _lr(value: float) -> float:
+    return float(f"{value:.3g}")
+
+
+def recipe_text(result: dict) -> str:
+    """The plan's recipe in one line, e.g. for the table and the written config's comment."""
+    m, r = result["model"], result["recipe"]
+    model = f"{r['arch']} ({r['mlp']}, {'tied' if r['tie_embeddings'] else 'untied'} head)"
+    if r["optimizer"] == "adamw":
+        rates = f"AdamW at peak lr {r['lr']:.3g} ({r['lr_rule']})"
+    else:
+        head = "" if m["tie_embeddings"] else f", head {r['head_lr']:.3g}"
+        rates = (f"Muon at lr {r['lr']:.3g} on the blocks' matrices, AdamW at {r['embedding_lr']:.3g} on the "
+                 f"embedding{head}, {r['scalar_lr']:.3g} on the gains")
+    schedule = ("cosine" if r["schedule"] == "cosine" else f"WSD (decay over the last {r['decay_fraction']:.0%})")
+    floor = f"{r['min_lr_ratio']:g} x the peak" if r["min_lr_ratio"] else "0"
+    return f"{model}: {rates}; warmup {result['warmup_steps']} steps, {schedule} down to {floor}"
 
 
 # ---- pictures ------------------------------------------------------------------------------------------

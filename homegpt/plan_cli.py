@@ -16,7 +16,8 @@ from homegpt.sources import add_source_flags, source_spec
 def register(sub) -> None:
     p = sub.add_parser("plan", help="choose model size, tokens, batch and lr for a compute or dollar budget",
                        description="Budget -> compute-optimal N and D under a scaling law -> a homegpt shape, "
-                                   "batch, lr, hours, cost and the text you need. See docs/planning.md.")
+                                   "the recipe that trains it (optimizer, schedule, batch, learning rates), "
+                                   "hours, cost and the text you need. See docs/planning.md.")
     budget = p.add_argument_group("budget (give one)")
     budget.add_argument("--flops", type=float, help="training compute C = 6ND, e.g. 3.2e17")
     budget.add_argument("--budget-usd", type=float, help="dollars to spend (needs --gpu or --price)")
@@ -36,6 +37,7 @@ def register(sub) -> None:
                        help="epoch (default), hoffmann, hoffmann-rounded, muennighoff, or a LAW.json from fit")
     model.add_argument("--vocab-size", type=int, help="model vocabulary (default 50304, or the tokenizer's)")
     model.add_argument("--block-size", type=int, default=1024, help="context length (default 1024)")
+    add_arch_flags(model, variants=True)
     model.add_argument("--bytes-per-token", type=float, help="text bytes per token (default 4.2, GPT-2-like BPE)")
     model.add_argument("--tokenizer", help="tokenizer.json (or folder): its vocabulary, and exact counts for --data")
     model.add_argument("--unique-tokens", type=float, help="distinct training tokens you have (data-constrained)")
@@ -68,15 +70,31 @@ def register(sub) -> None:
     s.add_argument("--vocab-size", type=int, default=2048, help="tokenizer vocabulary when training one")
     s.add_argument("--tokenizer", help="an existing tokenizer.json instead of training one")
     s.add_argument("--block-size", type=int, default=128)
+    add_arch_flags(s)
     s.add_argument("--spread", type=float, default=4.0, help="largest / smallest size per budget (default 4)")
     s.add_argument("--law", default="epoch", help="law that centres each budget's sizes")
-    s.add_argument("--lr", type=float, help="peak lr for every run (default: the planner's rule per budget)")
+    s.add_argument("--lr", type=float, help="peak lr of the matrices for every run (default: the recipe's: "
+                                            "DeepSeek's rule per budget for gpt2, Muon's tuned lr for modern)")
     s.add_argument("--batch-tokens", type=int, help="tokens per step (default: the planner's rule per budget)")
     s.add_argument("--device", default="auto")
     s.add_argument("--threads", type=int, help="CPU threads (default: 1 for toy shapes on CPU, else torch's)")
     s.add_argument("--no-progress", action="store_true")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_sweep)
+
+
+def add_arch_flags(p, variants: bool = False) -> None:
+    """--arch (and with variants --mlp, --untied): the architecture to count parameters for, and its recipe."""
+    from homegpt.config import DEFAULT_ARCH
+    from homegpt.model import ARCHS, MLPS
+
+    p.add_argument("--arch", default=DEFAULT_ARCH, choices=ARCHS,
+                   help=f"gpt2 (AdamW, cosine, DeepSeek's lr rule) or modern (Muon + AdamW, WSD, optim.py's "
+                        f"tuned lrs); default {DEFAULT_ARCH}")
+    if variants:
+        p.add_argument("--mlp", choices=sorted({m for ms in MLPS.values() for m in ms}),
+                       help="modern: relu2 (default) or swiglu; gpt2: gelu")
+        p.add_argument("--untied", action="store_true", help="modern: an output head of its own (+ V x d parameters)")
 
 
 # ---- plan ----------------------------------------------------------------------------------------------
@@ -107,7 +125,8 @@ def _plan_inputs(args) -> tuple[dict, list[str]]:
     kwargs = dict(flops=args.flops, budget_usd=args.budget_usd, gpu_hours=args.gpu_hours, gpu=args.gpu,
                   num_gpus=args.num_gpus, mfu=args.mfu, price=args.price, peak_tflops=args.peak_tflops,
                   law=args.law, vocab_size=DEFAULT_VOCAB if vocab is None else vocab, block_size=args.block_size,
-                  bytes_per_token=DEFAULT_BYTES_PER_TOKEN if bpt is None else bpt, unique_tokens=unique)
+                  bytes_per_token=DEFAULT_BYTES_PER_TOKEN if bpt is None else bpt, unique_tokens=unique,
+                  arch=args.arch, mlp=args.mlp or "", tie_embeddings=not args.untied)
     return kwargs, notes
 
 
@@ -141,17 +160,20 @@ def _si(x: float) -> str:
 
 
 def plan_table(r: dict) -> list[str]:
+    from homegpt.plan import recipe_text
+
     m, d, hw = r["model"], r["data"], r["hardware"]
     rows = [
         ("law", f"{r['law']['name']} ({r['law']['source']})"),
         ("compute", f"{r['flops']:.3g} FLOPs as 6ND; {r['hardware_flops']:.3g} with attention and the head"),
         ("compute-optimal", f"N = {_si(r['n_opt'])} parameters, D = {_si(r['d_opt'])} tokens "
                             f"({r['tokens_per_param']:.1f} tokens/parameter)"),
-        ("model", f"{m['n_layer']} layers x {m['n_embd']} wide, {m['n_head']} heads of {m['n_embd'] // m['n_head']}, "
-                  f"context {m['block_size']}, "
+        ("model", f"{m['arch']}: {m['n_layer']} layers x {m['n_embd']} wide, {m['n_head']} heads of "
+                  f"{m['n_embd'] // m['n_head']}, context {m['block_size']}, "
                   f"vocabulary {m['vocab_size']:,} = {m['params']:,} parameters"),
         ("training", f"{r['train_tokens']:,} tokens = {r['steps']:,} steps of {r['batch_tokens']:,} tokens "
-                     f"(micro-batch {r['micro_batch']}); peak lr {r['lr']:.2g}, warmup {r['warmup_steps']} steps"),
+                     f"(micro-batch {r['micro_batch']})"),
+        ("recipe", recipe_text(r)),
     ]
     if hw:
         how = (f"measured on this machine ({hw.get('device')})" if hw["measured"]
@@ -258,9 +280,11 @@ def cmd_sweep(args) -> int:
 
     result = run_sweep(data_arg(args), parse_budgets(args.budgets), args.sizes_per_budget, args.out,
                        vocab_size=args.vocab_size, tokenizer=args.tokenizer, block_size=args.block_size,
+                       arch=args.arch,
                        spread=args.spread, law=args.law, device=args.device, lr=args.lr,
                        batch_tokens=args.batch_tokens, threads=args.threads, progress=not args.no_progress)
-    lines = [f"{result['ran']} runs trained, {result['skipped']} already done; results in {result['results']}"]
+    lines = [f"{result['ran']} runs trained, {result['skipped']} already done ({result['recipe']}); "
+             f"results in {result['results']}"]
     lines += [f"  C={float(row['budget']):.3g}  N={int(row['params']):>12,}  D={int(row['tokens']):>12,}  "
               f"loss {float(row['loss']):.4f}" for row in result["rows"]]
     lines.append(f"next: homegpt fit {result['results']}")

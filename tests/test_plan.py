@@ -4,19 +4,31 @@ from __future__ import annotations
 
 import json
 import math
+import tomllib
+from pathlib import Path
 
 import pytest
 import torch
 
+from homegpt import optim
 from homegpt.cli import main
-from homegpt.config import load_config
+from homegpt.config import DEFAULT_ARCH, load_config
 from homegpt.errors import UserError
 from homegpt.hardware import GPUS, detect_gpu, lookup_gpu
 from homegpt.model import GPT, GPTConfig, count_params
-from homegpt.plan import count_data, measure_plan, plan, search_shape
+from homegpt.plan import Arch, count_data, deepseek_lr, measure_plan, plan, search_shape, write_config
 
 PLAN_KEYS = {"flops", "n_opt", "d_opt", "tokens_per_param", "predicted_loss", "model", "batch_tokens", "lr",
-             "hours", "cost_usd"}
+             "hours", "cost_usd", "recipe"}
+RECIPE_KEYS = {"arch", "mlp", "tie_embeddings", "optimizer", "schedule", "lr", "embedding_lr", "head_lr", "scalar_lr",
+               "min_lr_ratio", "decay_fraction", "lr_rule"}
+COMPUTE_OPTIMAL = Path(__file__).parent.parent / "recipes" / "bookcorpus-compute-optimal.toml"
+
+
+def model_of(m: dict) -> GPTConfig:
+    """The GPTConfig a plan's "model" describes."""
+    return GPTConfig(m["n_layer"], m["n_head"], m["n_embd"], m["block_size"], m["vocab_size"], arch=m["arch"],
+                     mlp=m["mlp"], tie_embeddings=m["tie_embeddings"])
 
 
 def run_json(capsys, *argv: str) -> dict:
@@ -40,19 +52,22 @@ def test_fifty_dollar_recipe_point(capsys):
     m = r["model"]
     assert m["params"] == pytest.approx(r["n_opt"], rel=0.05)
     assert m["n_embd"] % 64 == 0 and m["n_head"] == m["n_embd"] // 64
-    cfg = GPTConfig(m["n_layer"], m["n_head"], m["n_embd"], m["block_size"], m["vocab_size"])
-    assert GPT(cfg).num_params()["total"] == m["params"]  # the reported count is the real model's
+    assert m["arch"] == DEFAULT_ARCH and RECIPE_KEYS <= set(r["recipe"]) and r["lr"] == r["recipe"]["lr"]
+    assert GPT(model_of(m)).num_params()["total"] == m["params"]  # the reported count is the real model's
     assert r["train_tokens"] * 6 * m["params"] == pytest.approx(3.2e17, rel=1e-6)  # same compute on the real shape
     assert r["hours"] is None and r["cost_usd"] is None  # no hardware given: no time or price invented
     assert "not a promise" in r["predicted_loss_note"]
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "modern"])
 @pytest.mark.parametrize("target", [3e5, 2e6, 1.2e7, 8e7, 4e8, 3e9])
-def test_shape_search_is_close_sensible_and_exact(target):
+def test_shape_search_is_close_sensible_and_exact(target, arch):
     vocab, block = (50304, 1024) if target > 1e7 else (512, 256)
-    cfg = search_shape(target, vocab, block)
+    cfg = search_shape(target, vocab, block, arch=Arch(arch))
     total = count_params(cfg)["total"]
-    assert abs(math.log(total / target)) < math.log(1.06)
+    assert cfg.arch == arch
+    # within 10% (then the aspect ratio decides); small models have few shapes, larger ones plenty
+    assert abs(math.log(total / target)) < math.log(1.10 if target < 1e7 else 1.03)
     assert cfg.n_embd % 64 == 0 and cfg.n_embd // cfg.n_head == 64 and cfg.n_layer >= 2
     if target >= 1e7:  # plenty of shapes: the preferred aspect band
         assert 32 <= cfg.n_embd / cfg.n_layer <= 128
@@ -60,6 +75,48 @@ def test_shape_search_is_close_sensible_and_exact(target):
         assert 8 <= cfg.n_embd / cfg.n_layer <= 256
     if total < 5e7:  # small enough to build here: the count is the instantiated model's
         assert GPT(cfg).num_params()["total"] == total
+
+
+@pytest.mark.parametrize("mlp, untied", [("relu2", False), ("swiglu", False), ("relu2", True), ("swiglu", True)])
+def test_modern_plan_counts_the_real_modern_model(capsys, mlp, untied):
+    r = run_json(capsys, "plan", "--flops", "1e13", "--vocab-size", "512", "--block-size", "64", "--mlp", mlp,
+                 *(["--untied"] if untied else []))
+    m = r["model"]
+    assert (m["arch"], m["mlp"], m["tie_embeddings"]) == ("modern", mlp, not untied)
+    model = GPT(model_of(m))
+    assert model.num_params()["total"] == m["params"] == count_params(model_of(m))["total"]
+    assert m["params"] != count_params(GPTConfig(m["n_layer"], m["n_head"], m["n_embd"], 64, 512))["total"]
+    rec = r["recipe"]
+    assert (rec["optimizer"], rec["schedule"], rec["min_lr_ratio"]) == ("muon", "wsd", 0.0)
+    assert (rec["lr"], rec["embedding_lr"], rec["head_lr"], rec["scalar_lr"]) == (
+        optim.MUON_LR, optim.MUON_EMBEDDING_LR, optim.MUON_HEAD_LR, optim.MUON_SCALAR_LR)
+    assert r["lr"] == optim.MUON_LR  # Muon's rate does not follow DeepSeek's compute rule
+
+
+def test_arch_gpt2_plans_as_before(capsys):
+    # the 51M run's budget: what the planner chose before the modern recipe existed
+    r = run_json(capsys, "plan", "--flops", "3.4e17", "--vocab-size", "50304", "--block-size", "1024",
+                 "--unique-tokens", "1.1e9", "--arch", "gpt2")
+    m = r["model"]
+    assert (m["arch"], m["n_layer"], m["n_embd"], m["n_head"], m["params"]) == ("gpt2", 6, 512, 8, 45_195_264)
+    assert r["train_tokens"] == 1_253_818_690 and r["batch_tokens"] == 131072 and r["warmup_steps"] == 191
+    assert r["lr"] == deepseek_lr(3.4e17) == r["recipe"]["lr"] == r["recipe"]["embedding_lr"]
+    assert (r["recipe"]["optimizer"], r["recipe"]["schedule"], r["recipe"]["min_lr_ratio"]) == ("adamw", "cosine", 0.1)
+    assert GPT(model_of(m)).num_params()["total"] == m["params"]
+    assert "45,195,264 parameters on 1,253,818,690 tokens" in COMPUTE_OPTIMAL.read_text()  # its comment says so
+    modern = plan(flops=3.4e17, vocab_size=50304, block_size=1024, unique_tokens=1.1e9)
+    assert modern["model"]["params"] != m["params"] and modern["batch_tokens"] == r["batch_tokens"]
+
+
+def test_compute_optimal_recipe_is_what_plan_writes(tmp_path):
+    """recipes/bookcorpus-compute-optimal.toml is the command in its comment, run today (a change to the planner
+    or to optim.py's learning rates means: run that command again)."""
+    written = tmp_path / "co.toml"
+    write_config(plan(flops=3.4e17, vocab_size=50304, block_size=1024, unique_tokens=1.1e9), written)
+    ours, recipe = (tomllib.loads(p.read_text()) for p in (written, COMPUTE_OPTIMAL))
+    assert {k: v for k, v in recipe.items() if k not in ("data_dir", "eval_tokens")} == {
+        k: v for k, v in ours.items() if k != "data_dir"}
+    assert recipe["arch"] == DEFAULT_ARCH and recipe["lr"] == pytest.approx(optim.MUON_LR, rel=5e-3)
 
 
 def test_dollar_budget_spends_the_budget(capsys):
@@ -110,6 +167,21 @@ def test_written_config_is_accepted_and_trains(tmp_path, data_dir, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["params"] == r["model"]["params"]
     assert result["tokens_trained"] >= r["train_tokens"]
+    trained = load_config(tmp_path / "run" / "config.toml")  # the resolved config the run used
+    rec = r["recipe"]
+    assert (trained.arch, trained.optimizer, trained.schedule) == (DEFAULT_ARCH, rec["optimizer"], rec["schedule"])
+    for key in ("lr", "embedding_lr", "head_lr", "scalar_lr", "min_lr_ratio"):
+        assert getattr(trained, key) == pytest.approx(rec[key], rel=5e-3), key
+
+
+def test_written_gpt2_config_spells_out_adamw(tmp_path, capsys):
+    path = tmp_path / "gpt2.toml"
+    r = run_json(capsys, "plan", "--flops", "2e9", "--block-size", "32", "--vocab-size", "512", "--arch", "gpt2",
+                 "--write-config", str(path))
+    cfg = load_config(path)
+    assert (cfg.arch, cfg.optimizer, cfg.schedule) == ("gpt2", "adamw", "cosine")
+    assert cfg.lr == pytest.approx(deepseek_lr(2e9), rel=5e-3) and "AdamW at peak lr" in path.read_text()
+    assert count_params(cfg.model_config(512))["total"] == r["model"]["params"]
 
 
 def test_config_without_data_dir_says_where_to_point_it(tmp_path, capsys):
@@ -120,11 +192,24 @@ def test_config_without_data_dir_says_where_to_point_it(tmp_path, capsys):
     assert load_config(path).preset == ""
 
 
-def test_measured_throughput_sets_the_hours(data_dir):
-    r = measure_plan(steps=1, device="cpu", flops=1e10, vocab_size=512, block_size=32)
+@pytest.mark.parametrize("arch", ["gpt2", "modern"])
+def test_measured_throughput_sets_the_hours(monkeypatch, arch):
+    import homegpt.train
+
+    timed = []
+    real = homegpt.train.measure_throughput
+
+    def measure(cfg, vocab_size, **kwargs):
+        timed.append((cfg.resolved().optimizer, count_params(cfg.model_config(vocab_size))["total"]))
+        return real(cfg, vocab_size, **kwargs)
+
+    monkeypatch.setattr(homegpt.train, "measure_throughput", measure)
+    r = measure_plan(steps=1, device="cpu", flops=1e10, vocab_size=512, block_size=32, arch=arch)
     hw = r["hardware"]
     assert hw["measured"] and hw["device"] == "cpu" and hw["flops_per_s_per_gpu"] > 0
     assert r["hours"] == pytest.approx(r["hardware_flops"] / hw["flops_per_s_per_gpu"] / 3600)
+    # what was timed is the planned architecture with its recipe's optimizer
+    assert timed[-1] == (r["recipe"]["optimizer"], r["model"]["params"]) and r["model"]["arch"] == arch
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -141,11 +226,21 @@ def test_measured_throughput_sets_the_hours(data_dir):
     (["--budget-usd", "50"], "--budget-usd needs --gpu"),
     ([], "give exactly one budget"),
     (["--flops", "1e18", "--budget-usd", "5", "--gpu", "t4"], "give exactly one budget"),
+    (["--flops", "1e18", "--arch", "gpt2", "--untied"], "--untied needs --arch modern"),
+    (["--flops", "1e18", "--arch", "gpt2", "--mlp", "swiglu"], "not available with arch = 'gpt2'"),
+    (["--flops", "1e18", "--mlp", "gelu"], "not available with arch = 'modern'"),
 ])
 def test_plan_bad_input_is_one_line_exit_2(capsys, argv, message):
     import re
 
     assert re.search(message, run_error(capsys, "plan", *argv))
+
+
+def test_unknown_arch_is_one_line_exit_2(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["plan", "--flops", "1e18", "--arch", "gpt3"])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1 and "invalid choice: 'gpt3'" in err
 
 
 def test_law_file_that_does_not_parse(tmp_path, capsys):

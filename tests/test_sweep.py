@@ -7,13 +7,16 @@ import json
 
 import pytest
 
+from homegpt import optim
 from homegpt.cli import main
+from homegpt.config import DEFAULT_ARCH
 from homegpt.errors import UserError
-from homegpt.model import count_params
+from homegpt.model import GPT, count_params
+from homegpt.plan import Arch, deepseek_lr, recipe
 from homegpt.scaling import LAWS
-from homegpt.sweep import RESULT_FIELDS, parse_budgets, read_results_rows, run_sweep, sweep_shapes
+from homegpt.sweep import RESULT_FIELDS, parse_budgets, read_results_rows, run_config, run_sweep, sweep_shapes
 
-BUDGET = 4e9  # two runs of ~43k and ~83k parameters on 8-16k tokens: seconds on a CPU
+BUDGET = 4e9  # two runs of ~14k and ~41k parameters on 16-46k tokens: seconds on a CPU
 
 
 def quiet(_msg: str) -> None:
@@ -29,6 +32,7 @@ def test_sweep_runs_appends_rows_and_resumes(tmp_path, data_dir, capsys):
     assert result["ran"] == 2 and result["skipped"] == 0 and result["threads"] == 1
     rows = read_results_rows(out / "results.csv")
     assert len(rows) == 2 and list(rows[0]) == RESULT_FIELDS
+    assert all(r["arch"] == DEFAULT_ARCH and float(r["lr"]) == optim.MUON_LR for r in rows)  # the default recipe
     params = [int(r["params"]) for r in rows]
     assert params[0] < params[1]
     for r in rows:
@@ -50,6 +54,9 @@ def test_sweep_runs_appends_rows_and_resumes(tmp_path, data_dir, capsys):
         writer.writerow(rows[0])
     resumed = run_sweep(str(data_dir), [BUDGET], 2, out, block_size=32, spread=2, device="cpu", progress=False,
                         log=quiet)
+    with pytest.raises(UserError, match="holds a sweep of arch modern, not gpt2"):  # one recipe per folder
+        run_sweep(str(data_dir), [BUDGET], 2, out, block_size=32, spread=2, device="cpu", progress=False,
+                  log=quiet, arch="gpt2")
     assert resumed["ran"] == 1
     last = read_results_rows(out / "results.csv")[-1]
     assert last["run_dir"] == rows[1]["run_dir"] and float(last["loss"]) == pytest.approx(float(rows[1]["loss"]))
@@ -74,6 +81,40 @@ def test_sweep_shapes_are_distinct_and_centred():
     assert counts[0] < n_opt < counts[-1]
     assert 3 < counts[-1] / counts[0] < 5.5
     assert all(s.n_embd // s.n_head == 64 for s in shapes)  # real scale: 64-wide heads
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "modern"])
+def test_sweep_runs_use_the_recipe_of_their_arch(arch, tmp_path):
+    shapes = sweep_shapes(LAWS["epoch"], BUDGET, 3, 2.0, 512, 32, Arch(arch))
+    assert all(s.arch == arch and GPT(s).num_params()["total"] == count_params(s)["total"] for s in shapes)
+    cfg = run_config(shapes[0], 10_000, 1024, 8, recipe(Arch(arch), BUDGET), tmp_path, "cpu").resolved()
+    assert cfg.model_config(512).to_dict() == shapes[0].to_dict()
+    if arch == "gpt2":
+        assert (cfg.optimizer, cfg.schedule, cfg.lr) == ("adamw", "cosine", deepseek_lr(BUDGET))
+    else:
+        assert (cfg.optimizer, cfg.schedule) == ("muon", "wsd")
+        assert (cfg.lr, cfg.embedding_lr, cfg.scalar_lr) == (optim.MUON_LR, optim.MUON_EMBEDDING_LR,
+                                                             optim.MUON_SCALAR_LR)
+    given = run_config(shapes[0], 10_000, 1024, 8, recipe(Arch(arch), BUDGET, lr=0.005), tmp_path, "cpu")
+    assert given.lr == 0.005  # --lr replaces the matrices' rate only
+
+
+def test_results_from_before_the_arch_column_are_read_and_upgraded(tmp_path):
+    from homegpt.sweep import _append_row
+
+    old_fields = [f for f in RESULT_FIELDS if f != "arch"]
+    results = tmp_path / "results.csv"
+    old = dict(zip(old_fields, ["1e9", "1000", "2000", "1.2e10", "5.5", "2", "1", "16", "32", "512", "1024",
+                                "0.003", "1.0", str(tmp_path / "gone")], strict=True))
+    with open(results, "w", newline="") as f:
+        writer = csv.DictWriter(f, old_fields)
+        writer.writeheader()
+        writer.writerow(old)
+    assert read_results_rows(results)[0]["arch"] == "gpt2"  # no run.json left to ask: GPT-2, the only one then
+    _append_row(results, {**old, "arch": "modern", "run_dir": str(tmp_path / "new")})
+    rows = read_results_rows(results)
+    assert list(rows[0]) == RESULT_FIELDS and [r["arch"] for r in rows] == ["gpt2", "modern"]
+    assert rows[0]["loss"] == "5.5" and rows[1]["run_dir"].endswith("new")
 
 
 @pytest.mark.parametrize("text", ["", "abc", "1e12,-3", "0"])
