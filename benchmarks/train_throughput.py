@@ -1,18 +1,23 @@
-"""Training throughput: homegpt vs Hugging Face transformers' GPT2LMHeadModel, side by side in one run.
+"""Training throughput: homegpt vs its Hugging Face transformers counterpart, side by side in one run.
 
-Same shape (layers, heads, width, vocabulary, sequence length), same batch, fp32, SDPA attention, the same
-AdamW settings, random tokens. Each library trains in its own worker process, set up the way a user of it
-would run it: the homegpt worker does what `homegpt train` does on a CPU before training (it keeps freed
-memory for reuse: `homegpt.device.tune_cpu_allocator`), the transformers worker is a plain PyTorch loop.
+GPT-2 (the default, --arch gpt2) against GPT2LMHeadModel; the modern architecture with SwiGLU (--arch modern
+--mlp swiglu) against Qwen3ForCausalLM built from the very config `homegpt export` writes for it. Same shape
+(layers, heads, width, vocabulary, sequence length), same batch, fp32, SDPA attention, the same AdamW
+settings on every parameter (not the modern recipe's Muon: the point is the model code), random tokens.
+Each library trains in its own worker process, set up the way a user of it would run it: the homegpt
+worker does what `homegpt train` does on a CPU before training (it keeps freed memory for reuse:
+`homegpt.device.tune_cpu_allocator`), the transformers worker is a plain PyTorch loop.
 The workers take turns (ABAB...) so that machine noise hits both alike; each round is several optimizer
 steps after a warm-up; the median round counts. --same-process times both models in this one process
 instead, under the same allocator, which measures the model code alone.
 
-    python benchmarks/train_throughput.py [--json] [--same-process] [--n-layer 4 --n-head 4 --n-embd 192
-        --block-size 128 --vocab-size 2048 --batch 32 --rounds 5 --steps 4]
+    python benchmarks/train_throughput.py [--json] [--same-process] [--arch gpt2|modern --mlp swiglu|relu2]
+        [--n-layer 4 --n-head 4 --n-embd 192 --block-size 128 --vocab-size 2048 --batch 32 --rounds 5 --steps 4]
 
 Also prints achieved GFLOP/s (6N + 12 * n_layer * n_embd * block_size FLOPs per token, the PaLM formula).
-With --json the last line is one JSON object with homegpt_tokens_per_s, transformers_tokens_per_s, ratio.
+With --json the last line is one JSON object with homegpt_tokens_per_s, transformers_tokens_per_s, ratio
+(and arch, mlp, transformers_class). transformers has no ReLU² model of the same cost (the export computes
+ReLU² as relu(gate) * up with gate = up, one more matmul), so --mlp relu2 measures homegpt alone.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import time
 import torch
 
 from homegpt.device import tune_cpu_allocator
+from homegpt.hf_arch import HF_CLASS
 from homegpt.model import GPT, GPTConfig, flops_per_token
 
 SIDES = ("homegpt", "transformers")
@@ -43,7 +49,34 @@ def make_homegpt(cfg: GPTConfig):
     return model, step
 
 
+def has_peer(cfg: GPTConfig) -> bool:
+    """Whether transformers has a model that computes the same thing at the same cost."""
+    return cfg.arch == "gpt2" or cfg.mlp == "swiglu"
+
+
 def make_transformers(cfg: GPTConfig):
+    model = (make_gpt2 if cfg.arch == "gpt2" else make_qwen3)(cfg)
+
+    def step(x, y):
+        logits = model(input_ids=x).logits  # the same next-token loss on the same targets as homegpt
+        return torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
+
+    return model, step
+
+
+def make_qwen3(cfg: GPTConfig):
+    """Qwen3ForCausalLM from the config `homegpt export` writes for this model (hf_arch.to_hf)."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from homegpt.hf_arch import to_hf
+
+    with torch.device("meta"):  # the config needs the names, not the weights
+        state = GPT(cfg).state_dict()
+    config, _ = to_hf(cfg, state, eot_id=0)
+    return Qwen3ForCausalLM._from_config(Qwen3Config.from_dict(config), attn_implementation="sdpa")
+
+
+def make_gpt2(cfg: GPTConfig):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     hf_cfg = GPT2Config(
@@ -51,13 +84,7 @@ def make_transformers(cfg: GPTConfig):
         n_head=cfg.n_head, activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
         layer_norm_epsilon=1e-5, tie_word_embeddings=True, bos_token_id=None, eos_token_id=None,
     )
-    model = GPT2LMHeadModel._from_config(hf_cfg, attn_implementation="sdpa")
-
-    def step(x, y):
-        logits = model(input_ids=x).logits  # the same next-token loss on the same targets as homegpt
-        return torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
-
-    return model, step
+    return GPT2LMHeadModel._from_config(hf_cfg, attn_implementation="sdpa")
 
 
 class Contender:
@@ -84,7 +111,7 @@ class Contender:
 
 def model_config(args) -> GPTConfig:
     return GPTConfig(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, block_size=args.block_size,
-                     vocab_size=args.vocab_size)
+                     vocab_size=args.vocab_size, arch=args.arch, mlp=args.mlp)
 
 
 def worker(args) -> None:
@@ -130,6 +157,9 @@ def main() -> None:
     ap.add_argument("--n-embd", type=int, default=192)
     ap.add_argument("--block-size", type=int, default=128)
     ap.add_argument("--vocab-size", type=int, default=2048)
+    ap.add_argument("--arch", choices=("gpt2", "modern"), default="gpt2")
+    ap.add_argument("--mlp", choices=("swiglu", "relu2"), default=None,
+                    help="modern only (default swiglu, the MLP transformers' Qwen3 computes)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=4)
@@ -137,14 +167,19 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.mlp and args.arch != "modern":
+        ap.error("--mlp needs --arch modern")
+    args.mlp = args.mlp or ("swiglu" if args.arch == "modern" else "")
     if args.worker:
         return worker(args)
 
     cfg = model_config(args)
+    sides = SIDES
+    if not has_peer(cfg):
+        print("transformers has no ReLU² model at the same cost: measuring homegpt alone (--mlp swiglu compares)")
+        sides = SIDES[:1]
     try:
         import transformers  # noqa: F401
-
-        sides = SIDES
     except ImportError:
         print("transformers is not installed: measuring homegpt alone (pip install transformers)")
         sides = SIDES[:1]
@@ -167,12 +202,15 @@ def main() -> None:
         "mode": "same process" if args.same_process else "one process per library",
         "shape": {"n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd, "block_size": cfg.block_size,
                   "vocab_size": cfg.vocab_size, "batch": args.batch},
+        "arch": cfg.arch,
+        "mlp": cfg.mlp,
         "params": contenders["homegpt"].params,
         "homegpt_tokens_per_s": statistics.median(rates["homegpt"]),
         "homegpt_rounds": [round(r, 1) for r in rates["homegpt"]],
     }
     result["homegpt_gflops"] = result["homegpt_tokens_per_s"] * fpt / 1e9
     if "transformers" in rates:
+        result["transformers_class"] = HF_CLASS[cfg.arch]
         result["transformers_tokens_per_s"] = statistics.median(rates["transformers"])
         result["transformers_rounds"] = [round(r, 1) for r in rates["transformers"]]
         result["ratio"] = result["homegpt_tokens_per_s"] / result["transformers_tokens_per_s"]
