@@ -172,17 +172,17 @@ def run_sweep(data: str, budgets: list[float], sizes: int, out: str | Path, *, v
     model = Arch(arch)
     the_law = load_law(law)
     out = Path(out)
+    results = out / "results.csv"
+    rows = read_results_rows(results)
+    others = sorted({row["arch"] for row in rows} - {model.arch})
+    if others:  # checked before any tokenizer or data is made
+        raise UserError(f"{out} holds a sweep of arch {', '.join(others)}, not {model.arch}: "
+                        f"use another --out for --arch {model.arch} (a law fitted across both would be neither's)")
     out.mkdir(parents=True, exist_ok=True)
     from homegpt.prepare import read_manifest
 
     data_dir = _prepare_data(data, out, vocab_size, tokenizer, log)
     vocab = read_manifest(data_dir)["model_vocab_size"]
-    results = out / "results.csv"
-    rows = read_results_rows(results)
-    others = sorted({row["arch"] for row in rows} - {model.arch})
-    if others:
-        raise UserError(f"{out} holds a sweep of arch {', '.join(others)}, not {model.arch}: "
-                        f"use another --out for --arch {model.arch} (a law fitted across both would be neither's)")
     done = {Path(row["run_dir"]).name for row in rows}
     runs = []
     for budget in budgets:
