@@ -1,0 +1,376 @@
+"""What does a recipe buy per FLOP? Three recipes on the same data at equal compute, each with its lr tuned.
+
+    python benchmarks/recipe_efficiency.py [--data SOURCE] [--budgets 1e12,3.16e12,1e13] [--json] [--quick]
+
+    (a) seed     the $50 recipe as published: GPT-2, every line of text padded to 65 tokens with the padding
+                 counted in the loss, context 64, AdamW (torch's defaults) at a constant lr, no warmup, no
+                 clipping (its scripts; see ../shared/reference/recipes.md). Trained by a loop here, since
+                 homegpt's trainer never pads.
+    (b) nanogpt  nanoGPT's recipe: GPT-2, packed documents, AdamW (0.9, 0.95) with weight decay 0.1 on
+                 matrices, warmup + cosine decay to 10%, gradient clipping at 1 (`arch = "gpt2"` in homegpt).
+    (c) homegpt  homegpt's modern recipe (the defaults: model.py's arch = "modern", optim.py's Muon + AdamW
+                 on a warmup-stable-decay schedule) through the real trainer.
+
+Same data, tokenizer (vocabulary 2,048), model shape (4 layers x 128 wide by default), batch (2,048
+tokens) and held-out text for all. FLOPs are counted the same way for every recipe: training tokens x
+model.flops_per_token (6N + attention, at the recipe's context; padding tokens cost compute, so they count),
+plus, for Muon, its Newton-Schulz iterations (optim.muon_flops_per_step) at every step. A budget sets the
+tokens, so every recipe spends the same FLOPs.
+
+Tuning: every recipe gets the same effort at every budget: its lr over the grid below (for (c) a multiplier
+of all four of its rates), extended by one more value beyond an edge when the best lr is on it (up to
+--max-extend times). Reported: held-out bits per byte (the whole held-out split, every run at its own
+context) for every (recipe, budget) at its best lr, and the compute multiplier: the FLOPs (b) needs to
+reach (c)'s bits per byte, divided by (c)'s FLOPs, interpolating (b)'s best-lr bits per byte linearly in
+log FLOPs (beyond (b)'s largest budget the last segment is extended, marked "extrapolated"); likewise (a).
+Also bits per byte at equal wall-clock training seconds (runs go --workers at a time, one thread each, so
+their seconds compare within one run of this script; Muon's iterations cost CPU time that FLOPs understate).
+
+The last line with --json is one object: multiplier_vs_nanogpt, multiplier_vs_seed (one entry per budget),
+table (every run), best (per recipe and budget), wallclock, and the settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+RECIPES = ("seed", "nanogpt", "homegpt")
+LABELS = {"seed": "(a) $50 recipe", "nanogpt": "(b) nanoGPT", "homegpt": "(c) homegpt modern"}
+GRIDS = {  # (a) includes its published 5e-4; (b) is centred on the demo's tuned 3e-3; (c) x optim.py's rates
+    "seed": (5e-4, 1.5e-3, 4.5e-3),
+    "nanogpt": (1.5e-3, 3e-3, 6e-3),
+    "homegpt": (0.5, 1.0, 2.0),
+}
+STEP_FACTOR = {"seed": 3.0, "nanogpt": 2.0, "homegpt": 2.0}  # how the grid extends past an edge
+VOCAB = 2048
+BATCH_TOKENS = 2048
+SEED_LEN = 65  # the $50 recipe: each line padded (or cut) to 65 tokens; x = the first 64, y = the last 64
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+def pydoc_corpus(out: Path) -> str:
+    """The Python language reference that ships with CPython (pydoc_data.topics, 79 topics, 0.46 MB) as a
+    JSON Lines file: a second, offline corpus of English prose of another kind than the built-in Bible."""
+    import pydoc_data.topics as topics
+
+    path = out / "pydoc.jsonl"
+    if not path.is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            for text in topics.topics.values():
+                f.write(json.dumps({"text": text}) + "\n")
+    return f"file:{path}"
+
+
+def prepare_data(source: str, out: Path, log) -> Path:
+    from homegpt.prepare import prepare
+    from homegpt.tokenizer import train_tokenizer
+
+    data = out / "data"
+    if (data / "manifest.json").is_file() and json.loads((data / "manifest.json").read_text()).get("source") == source:
+        return data
+    log(f"tokenizer ({VOCAB} tokens) and shards for {source}")
+    train_tokenizer(source, VOCAB, out / "tok", force=True)
+    prepare(source, out / "tok", data, force=True)
+    return data
+
+
+def seed_lines(source: str, data_dir: Path, seed: int):
+    """The $50 recipe's training rows: every non-empty line of the training documents, tokenized, cut or
+    padded to SEED_LEN with <|endoftext|> (GPT-2's tokenizer has no pad token: its eos pads), shuffled."""
+    import torch
+
+    from homegpt.sources import load_corpus
+    from homegpt.tokenizer import EOT, load_tokenizer
+
+    tok = load_tokenizer(data_dir / "tokenizer.json")
+    eot = tok.token_to_id(EOT)
+    lines = [line for doc in load_corpus(source).train for line in doc.splitlines() if line.strip()]
+    rows = torch.full((len(lines), SEED_LEN), eot, dtype=torch.long)
+    for i, enc in enumerate(tok.encode_batch(lines)):
+        ids = enc.ids[:SEED_LEN]
+        rows[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    order = torch.randperm(len(lines), generator=torch.Generator().manual_seed(seed))
+    real = float((rows != eot).float().mean())
+    return rows[order], real
+
+
+# --------------------------------------------------------------------------------------------- one run
+
+
+def shape_config(shape: tuple[int, int], block: int, arch: str):
+    from homegpt.model import GPTConfig
+
+    n_layer, n_embd = shape
+    return GPTConfig(n_layer, max(1, n_embd // 32), n_embd, block, VOCAB, arch=arch)
+
+
+def flops_per_token_and_step(recipe: str, shape: tuple[int, int]) -> tuple[float, float]:
+    """(FLOPs per training token, extra FLOPs per optimizer step) as every recipe is counted."""
+    from homegpt.model import GPT, flops_per_token
+    from homegpt.optim import muon_flops_per_step
+
+    if recipe == "seed":
+        return flops_per_token(shape_config(shape, SEED_LEN - 1, "gpt2")), 0.0
+    mcfg = shape_config(shape, 128, "gpt2" if recipe == "nanogpt" else "modern")
+    per_step = muon_flops_per_step(GPT(mcfg)) if recipe == "homegpt" else 0.0
+    return flops_per_token(mcfg), per_step
+
+
+def run_job(job: dict) -> dict:
+    """Train one (recipe, budget, lr) in this process on one thread; its held-out metrics and costs."""
+    import torch
+
+    torch.set_num_threads(1)
+    fpt, per_step = flops_per_token_and_step(job["recipe"], job["shape"])
+    tokens_per_step = BATCH_TOKENS if job["recipe"] != "seed" else (BATCH_TOKENS // (SEED_LEN - 1)) * (SEED_LEN - 1)
+    steps = max(1, round(job["budget"] / (fpt * tokens_per_step + per_step)))
+    t0 = time.perf_counter()
+    if job["recipe"] == "seed":
+        result = _train_seed(job, steps)
+    else:
+        result = _train_homegpt(job, steps)
+    flops = result["tokens"] * fpt + steps * per_step
+    return dict(job, shape=list(job["shape"]), steps=steps, flops=flops, wall_s=round(time.perf_counter() - t0, 1),
+                **result)
+
+
+def _train_homegpt(job: dict, steps: int) -> dict:
+    from homegpt.config import TrainConfig
+    from homegpt.optim import MUON_EMBEDDING_LR, MUON_HEAD_LR, MUON_LR, MUON_SCALAR_LR
+    from homegpt.train import train
+
+    n_layer, n_embd = job["shape"]
+    common = dict(data_dir=job["data_dir"], preset="", n_layer=n_layer, n_head=max(1, n_embd // 32), n_embd=n_embd,
+                  block_size=128, batch_tokens=BATCH_TOKENS, micro_batch=16, max_steps=steps,
+                  warmup_steps=max(1, min(30, steps // 10)), eval_interval=10**9, eval_tokens=10**9,
+                  keep_checkpoints=1, sample_tokens=0, seed=job["seed"], device="cpu")
+    if job["recipe"] == "nanogpt":
+        cfg = TrainConfig(**common, arch="gpt2", optimizer="adamw", schedule="cosine", lr=job["lr"],
+                          min_lr_ratio=0.1, weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0)
+    else:
+        m = job["lr"]
+        cfg = TrainConfig(**common, lr=MUON_LR * m, embedding_lr=MUON_EMBEDDING_LR * m, head_lr=MUON_HEAD_LR * m,
+                          scalar_lr=MUON_SCALAR_LR * m, **job.get("extra", {}))
+    r = train(cfg, job["run_dir"], force=True, progress=False, log=lambda msg: None)
+    return {"bpb": r["val_bpb"], "loss": r["val_loss"], "tokens": r["tokens_trained"], "train_s": r["train_seconds"]}
+
+
+def _train_seed(job: dict, steps: int) -> dict:
+    """The published loop: padded rows, loss over every position (padding included), AdamW at a constant lr."""
+    import torch
+
+    from homegpt.evaluate import evaluate_tokens
+    from homegpt.model import GPT
+    from homegpt.prepare import open_split
+    from homegpt.tokenizer import load_tokenizer, token_byte_lengths
+
+    data_dir = Path(job["data_dir"])
+    rows, _ = seed_lines(job["source"], data_dir, job["seed"])
+    torch.manual_seed(job["seed"])
+    model = GPT(shape_config(job["shape"], SEED_LEN - 1, "gpt2"))
+    opt = torch.optim.AdamW(model.parameters(), lr=job["lr"])  # torch's defaults: betas (0.9, 0.999), wd 0.01
+    per_step = BATCH_TOKENS // (SEED_LEN - 1)
+    model.train()
+    t = time.perf_counter()
+    for step in range(steps):
+        idx = torch.arange(step * per_step, (step + 1) * per_step) % len(rows)  # epochs over the shuffled lines
+        batch = rows[idx]
+        _, loss = model(batch[:, :-1], batch[:, 1:])
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    train_s = time.perf_counter() - t
+    tok = load_tokenizer(data_dir / "tokenizer.json")
+    token_bytes = torch.tensor(token_byte_lengths(tok, VOCAB), dtype=torch.long)
+    ev = evaluate_tokens(model, open_split(data_dir, "val"), token_bytes, batch_size=16)
+    return {"bpb": ev["bpb"], "loss": ev["loss"], "tokens": steps * per_step * (SEED_LEN - 1), "train_s": train_s}
+
+
+# --------------------------------------------------------------------------------------------- analysis
+
+
+def interpolate_needed(curve: list[tuple[float, float]], target: float) -> tuple[float | None, bool]:
+    """(FLOPs at which a recipe's (flops, bpb) curve reaches `target`, extrapolated?) in log FLOPs.
+
+    Below the curve's best point the last segment is extended (if it still descends); above its first point
+    the first segment is; None when the curve never gets there (flat or rising)."""
+    pts = sorted(curve)
+    xs, ys = [math.log(f) for f, _ in pts], [b for _, b in pts]
+    for (x0, y0), (x1, y1) in zip(zip(xs, ys, strict=True), zip(xs[1:], ys[1:], strict=True), strict=False):
+        if min(y0, y1) <= target <= max(y0, y1) and y0 != y1:
+            return math.exp(x0 + (target - y0) * (x1 - x0) / (y1 - y0)), False
+    seg = (0, 1) if target > max(ys) else (len(xs) - 2, len(xs) - 1)
+    (x0, y0), (x1, y1) = (xs[seg[0]], ys[seg[0]]), (xs[seg[1]], ys[seg[1]])
+    if y1 >= y0:
+        return None, True
+    return math.exp(x0 + (target - y0) * (x1 - x0) / (y1 - y0)), True
+
+
+def best_runs(table: list[dict]) -> dict:
+    best: dict = {}
+    for r in table:
+        key = (r["recipe"], r["budget"])
+        if key not in best or r["bpb"] < best[key]["bpb"]:
+            best[key] = r
+    return best
+
+
+def multipliers(best: dict, budgets: list[float], baseline: str, axis: str = "flops") -> list[dict]:
+    curve = [(best[(baseline, b)][axis], best[(baseline, b)]["bpb"]) for b in budgets]
+    out = []
+    for b in budgets:
+        ours = best[("homegpt", b)]
+        needed, extrapolated = interpolate_needed(curve, ours["bpb"])
+        out.append({"budget": b, axis: ours[axis], "bpb": ours["bpb"], f"{baseline}_{axis}_needed": needed,
+                    "multiplier": None if needed is None else needed / ours[axis], "extrapolated": extrapolated})
+    return out
+
+
+def bpb_at(curve: list[tuple[float, float]], x: float) -> tuple[float, bool]:
+    """A curve's bits per byte at x (linear in log x), and whether that is outside the measured range."""
+    pts = sorted(curve)
+    lx = math.log(x)
+    xs, ys = [math.log(a) for a, _ in pts], [b for _, b in pts]
+    i = 0 if lx <= xs[0] else len(xs) - 2 if lx >= xs[-1] else max(j for j in range(len(xs) - 1) if xs[j] <= lx)
+    y = ys[i] + (lx - xs[i]) * (ys[i + 1] - ys[i]) / (xs[i + 1] - xs[i])
+    return y, not xs[0] <= lx <= xs[-1]
+
+
+# --------------------------------------------------------------------------------------------- driver
+
+
+def run_all(jobs: list[dict], workers: int, log) -> list[dict]:
+    if workers <= 1:
+        results = []
+        for j in jobs:
+            results.append(run_job(j))
+            log(_describe(results[-1]))
+        return results
+    with mp.get_context("spawn").Pool(workers) as pool:
+        results = []
+        for r in pool.imap_unordered(run_job, jobs):
+            results.append(r)
+            log(_describe(r))
+        return results
+
+
+def _describe(r: dict) -> str:
+    return (f"  {LABELS[r['recipe']]:20s} C={r['budget']:.3g}  lr={r['lr']:<8g} bpb {r['bpb']:.4f}  "
+            f"{r['tokens']:,} tokens  {r['train_s']:.0f} s")
+
+
+def tune(recipes: list[str], budgets: list[float], base: dict, grid_size: int, max_extend: int, workers: int,
+         log) -> list[dict]:
+    """Every recipe's grid at every budget, then one more lr past an edge where the best sits on it."""
+    def job(recipe, budget, lr):
+        name = f"{recipe}_C{budget:.3g}_lr{lr:.3g}"
+        return dict(base, recipe=recipe, budget=budget, lr=lr, run_dir=str(Path(base["out"]) / "runs" / name))
+
+    grids = {r: list(GRIDS[r])[:grid_size] if grid_size < 3 else list(GRIDS[r]) for r in recipes}
+    table = run_all([job(r, b, lr) for r in recipes for b in budgets for lr in grids[r]], workers, log)
+    for _ in range(max_extend):
+        more = []
+        for r in recipes:
+            for b in budgets:
+                runs = sorted((x for x in table if x["recipe"] == r and x["budget"] == b), key=lambda x: x["lr"])
+                if len(runs) < 2:
+                    continue
+                best = min(runs, key=lambda x: x["bpb"])
+                if best is runs[0]:
+                    more.append(job(r, b, runs[0]["lr"] / STEP_FACTOR[r]))
+                elif best is runs[-1]:
+                    more.append(job(r, b, runs[-1]["lr"] * STEP_FACTOR[r]))
+        if not more:
+            break
+        log(f"extending {len(more)} grids past an edge")
+        table += run_all(more, workers, log)
+    return table
+
+
+def report(table: list[dict], budgets: list[float], recipes: list[str], log) -> dict:
+    best = best_runs(table)
+    log("\nheld-out bits per byte at the best lr (lr in brackets)")
+    log(f"{'budget (FLOPs)':>15s}  " + "  ".join(f"{LABELS[r]:>24s}" for r in recipes))
+    for b in budgets:
+        log(f"{b:15.3g}  " + "  ".join(f"{best[(r, b)]['bpb']:>14.4f} ({best[(r, b)]['lr']:<7.3g})" for r in recipes))
+    out: dict = {"best": [best[(r, b)] for r in recipes for b in budgets]}
+    for baseline, key in (("nanogpt", "multiplier_vs_nanogpt"), ("seed", "multiplier_vs_seed")):
+        if baseline in recipes and "homegpt" in recipes:
+            out[key] = multipliers(best, budgets, baseline)
+            out[key.replace("multiplier", "wallclock_multiplier")] = multipliers(best, budgets, baseline, "train_s")
+            log(f"\ncompute multiplier of (c) against {LABELS[baseline]}: FLOPs it needs for (c)'s bpb / (c)'s FLOPs")
+            for m in out[key]:
+                mult = "never (its curve stops falling)" if m["multiplier"] is None else f"{m['multiplier']:.2f}x"
+                log(f"  C={m['budget']:.3g}: (c) {m['bpb']:.4f} bpb -> {mult}"
+                    + ("  (extrapolated)" if m["extrapolated"] else ""))
+    if "homegpt" in recipes:
+        out["wallclock"] = []
+        log("\nbits per byte at equal training seconds (this machine, one thread per run)")
+        for b in budgets:
+            ours = best[("homegpt", b)]
+            row = {"budget": b, "train_s": ours["train_s"], "homegpt_bpb": ours["bpb"]}
+            for r in recipes:
+                if r != "homegpt":
+                    y, outside = bpb_at([(best[(r, x)]["train_s"], best[(r, x)]["bpb"]) for x in budgets],
+                                        ours["train_s"])
+                    row[f"{r}_bpb"], row[f"{r}_extrapolated"] = y, outside
+            out["wallclock"].append(row)
+            log(f"  {ours['train_s']:.0f} s: (c) {ours['bpb']:.4f}; " + "; ".join(
+                f"{LABELS[r]} {row[f'{r}_bpb']:.4f}{' (extrapolated)' if row[f'{r}_extrapolated'] else ''}"
+                for r in recipes if r != "homegpt"))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default="builtin", help="a homegpt source, or 'pydoc' (CPython's language reference)")
+    ap.add_argument("--budgets", default="1e12,3.16e12,1e13", help="comma-separated FLOP budgets")
+    ap.add_argument("--shape", default="4x128", help="LAYERSxWIDTH for every recipe (heads of 32)")
+    ap.add_argument("--recipes", default=",".join(RECIPES))
+    ap.add_argument("--workers", type=int, default=2, help="runs at a time, one thread each")
+    ap.add_argument("--grid", type=int, default=3, help="lr values per recipe and budget before extension")
+    ap.add_argument("--max-extend", type=int, default=2, help="extra lrs past an edge of the grid, at most")
+    ap.add_argument("--seed", type=int, default=1337)
+    ap.add_argument("--out", default="runs/recipe_efficiency")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 2x64, budgets 1e11..1e12, 2 lrs, no extension")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    log = (lambda m: print(m, file=sys.stderr)) if args.json else print
+    if args.quick:
+        args.budgets, args.shape, args.grid, args.max_extend = "1e11,3.16e11,1e12", "2x64", 2, 0
+    budgets = [float(x) for x in args.budgets.split(",")]
+    recipes = [r for r in args.recipes.split(",") if r]
+    if len(budgets) < 2 or any(r not in RECIPES for r in recipes):
+        raise SystemExit(f"need >= 2 budgets and recipes from {', '.join(RECIPES)}")
+    out = Path(args.out)
+    source = pydoc_corpus(out) if args.data == "pydoc" else args.data
+    data_dir = prepare_data(source, out, log)
+    shape = tuple(int(x) for x in args.shape.lower().split("x"))
+    rows, real = seed_lines(source, data_dir, args.seed)
+    log(f"(a) pads {len(rows):,} lines to {SEED_LEN} tokens: {real:.1%} of its training tokens are text")
+    base = {"source": source, "data_dir": str(data_dir), "shape": shape, "seed": args.seed, "out": str(out)}
+    t0 = time.perf_counter()
+    table = tune(recipes, budgets, base, args.grid, args.max_extend, args.workers, log)
+    result = report(table, budgets, recipes, log)
+    result.update(table=table, data=source, shape=list(shape), budgets=budgets, vocab_size=VOCAB,
+                  batch_tokens=BATCH_TOKENS, seed_real_token_share=real, seconds=round(time.perf_counter() - t0, 1))
+    log(f"\n{len(table)} runs in {result['seconds']:.0f} s")
+    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    if args.json:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
