@@ -1,9 +1,11 @@
 """`homegpt demo` end to end: wall time and held-out bits per byte, optionally against a plain baseline.
 
-    python benchmarks/demo_bench.py [--data builtin] [--baseline] [--json]
+    python benchmarks/demo_bench.py [--data builtin] [--baseline] [--load N] [--json]
 
-Runs the real command (`homegpt demo --json`) in a subprocess and times it. Target (issue 2): on 2 CPU
-cores, at most 300 s and held-out bits per byte at most 1.8 on the built-in corpus.
+Runs the real command (`homegpt demo --json`) in a subprocess and times it. Targets on 2 CPU cores and the
+built-in corpus: at most 300 s wall (issue 2), held-out bits per byte at most 1.47 (issue 10; 1.8 before),
+and the wall time within ~5% of the demo's own budget (`homegpt demo --seconds`, default 280) whether the
+machine is quiet or loaded: --load N runs N busy processes (fp32 matmuls on one thread each) beside it.
 
 --baseline also trains the reference point the target was set against, a plain GPT-2 of about 4M
 parameters (4 layers, 256 wide, 8,192-token vocabulary, context 256, lr 1e-3, 16K-token batches, cosine
@@ -47,41 +49,59 @@ def run_baseline(data: str, out: Path, seconds: float) -> dict:
     vocab = read_manifest(out / "data")["model_vocab_size"]
     cfg = TrainConfig(data_dir=str(out / "data"), preset="", n_layer=4, n_head=4, n_embd=256, block_size=256,
                       batch_tokens=16384, micro_batch=16, lr=1e-3, warmup_steps=10, eval_interval=10_000,
-                      sample_tokens=0)
+                      sample_tokens=0, arch="gpt2")
     tps = measure_throughput(cfg, vocab, steps=2)["tokens_per_s"]
     cfg.max_steps = max(20, int(tps * seconds / cfg.batch_tokens))
     return train(cfg, out / "run", force=True, progress=False, log=lambda m: None)
+
+
+BURNER = "import torch\ntorch.set_num_threads(1)\na = torch.randn(512, 512)\nwhile True:\n    a @ a\n"
+DEMO_BUDGET_S = 280.0  # homegpt demo's default --seconds
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="builtin")
     ap.add_argument("--baseline", action="store_true", help="also train the plain 4M GPT-2 reference")
+    ap.add_argument("--load", type=int, default=0, help="busy processes running beside the demo")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        demo = run_demo(args.data, Path(tmp) / "demo")
-        result = {
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-            "data": args.data,
-            "demo_wall_s": round(demo["wall_s"], 1),
-            "demo_val_bpb": round(demo["val_bpb"], 4),
-            "demo_val_loss": round(demo["val_loss"], 4),
-            "demo_params": demo["params"],
-            "demo_tokens_trained": demo["tokens_trained"],
-            "demo_train_s": demo["train_seconds"],
-            "target_met": demo["wall_s"] <= 300 and demo["val_bpb"] <= 1.8,
-        }
-        if args.baseline:
-            base = run_baseline(args.data, Path(tmp) / "baseline", demo["train_seconds"])
-            result.update(baseline_val_bpb=round(base["val_bpb"], 4), baseline_params=base["params"],
-                          baseline_tokens_trained=base["tokens_trained"],
-                          bpb_ratio_demo_over_baseline=round(demo["val_bpb"] / base["val_bpb"], 4))
+    burners = [subprocess.Popen([sys.executable, "-c", BURNER]) for _ in range(args.load)]
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = measure(args, Path(tmp))
+    finally:
+        for b in burners:
+            b.kill()
     if args.json:
         print(json.dumps(result))
     else:
         for key, value in result.items():
             print(f"{key:32s} {value}")
+
+
+def measure(args, tmp: Path) -> dict:
+    """Run the demo (and the baseline) in tmp; the result row."""
+    demo = run_demo(args.data, tmp / "demo")
+    result = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "data": args.data,
+        "demo_wall_s": round(demo["wall_s"], 1),
+        "demo_val_bpb": round(demo["val_bpb"], 4),
+        "demo_val_loss": round(demo["val_loss"], 4),
+        "demo_params": demo["params"],
+        "demo_tokens_trained": demo["tokens_trained"],
+        "demo_train_s": demo["train_seconds"],
+        "load_processes": args.load,
+        "wall_over_budget": round(demo["wall_s"] / DEMO_BUDGET_S, 3),
+        "target_met": demo["wall_s"] <= 300 and demo["val_bpb"] <= 1.47,
+    }
+    if args.baseline:
+        base = run_baseline(args.data, tmp / "baseline", demo["train_seconds"])
+        result.update(baseline_val_bpb=round(base["val_bpb"], 4), baseline_params=base["params"],
+                      baseline_tokens_trained=base["tokens_trained"],
+                      bpb_ratio_demo_over_baseline=round(demo["val_bpb"] / base["val_bpb"], 4))
+    return result
 
 
 if __name__ == "__main__":
