@@ -169,6 +169,8 @@ def run_checks(data: Path, base: dict, work: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="seed-51m")
+    ap.add_argument("--arch", default="gpt2", choices=("gpt2", "modern"),
+                    help="gpt2: AdamW at lr 6e-4 (peer GPT2LMHeadModel); modern: the modern recipe's defaults")
     ap.add_argument("--block-size", type=int, default=1024)
     ap.add_argument("--vocab-size", type=int, default=50257, help="tokenizer size (the model pads to 64)")
     ap.add_argument("--batch-tokens", type=int, default=524288)
@@ -191,7 +193,8 @@ def main() -> None:
     data = make_data(work, args.vocab_size, args.corpus_mb)
     data_seconds = time.perf_counter() - t0
     base = dict(data_dir=str(data), preset=args.preset, block_size=args.block_size, batch_tokens=args.batch_tokens,
-                micro_batch=args.micro_batch, max_steps=args.steps, warmup_steps=10, lr=6e-4,
+                micro_batch=args.micro_batch, max_steps=args.steps, warmup_steps=10, arch=args.arch,
+                lr=6e-4 if args.arch == "gpt2" else 0.0,
                 eval_interval=10 * args.steps, eval_tokens=65536, sample_tokens=0, device=str(device),
                 compile=args.compile, price=args.price)
     cfg = TrainConfig(**base)
@@ -214,6 +217,7 @@ def main() -> None:
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"),
         "preset": args.preset,
+        "arch": args.arch,
         "block_size": args.block_size,
         "model_vocab_size": vocab,
         "params": result["params"],
