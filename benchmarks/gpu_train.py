@@ -7,8 +7,9 @@ from the run's own metrics.csv (the live meter; evaluation and checkpoint time e
 cost to train 1.1B tokens at that rate (the $50 recipe's token count; price: the GPU table's, or --price).
 Issue 6's target on an H100: MFU >= 45%, 1.1B tokens in <= 15 minutes.
 
-The peer: Hugging Face transformers' GPT2LMHeadModel at the same shape, batch, bf16 autocast, SDPA,
-torch.compile and fused AdamW, timed in a plain loop in the same run (skipped if transformers is missing).
+The peer: Hugging Face transformers' GPT2LMHeadModel (Qwen3ForCausalLM for --arch modern with a SwiGLU MLP)
+at the same shape, batch, bf16 autocast, SDPA, torch.compile and fused AdamW, timed in a plain loop in the
+same run (skipped if transformers is missing, and for modern ReLU², which transformers has no model of).
 
 The checks (--checks): the CUDA code paths the CPU test suite cannot reach, each a tiny real run: fp16 with
 a gradient scaler, a stop + resume, sampling with the KV cache and evaluation on the GPU.
@@ -42,6 +43,7 @@ import torch
 from homegpt.checkpoint import checkpoint_dirs
 from homegpt.config import TrainConfig
 from homegpt.device import autocast_for, pick_device
+from homegpt.hf_arch import HF_CLASS
 from homegpt.model import flops_per_token
 from homegpt.prepare import prepare
 from homegpt.tokenizer import train_tokenizer
@@ -86,10 +88,14 @@ def steady_rate(run: Path, skip: int) -> tuple[float, float]:
 
 
 def peer_rate(cfg: TrainConfig, vocab: int, micro: int, device: torch.device, steps: int) -> float | None:
-    """transformers' GPT2LMHeadModel, same shape and batch, bf16 autocast, SDPA, compile, fused AdamW."""
-    from train_throughput import make_transformers  # the CPU benchmark's peer, same configuration
+    """transformers' counterpart (GPT2LMHeadModel; Qwen3ForCausalLM for modern SwiGLU), same shape and batch,
+    bf16 autocast, SDPA, compile, fused AdamW. None when transformers is missing or has no model of the same
+    cost (modern ReLU²)."""
+    from train_throughput import has_peer, make_transformers  # the CPU benchmark's peer, same configuration
 
     m = cfg.model_config(vocab)
+    if not has_peer(m):
+        return None
     try:
         model = make_transformers(m)[0].to(device)
     except ImportError:
@@ -238,7 +244,7 @@ def main() -> None:
     if not args.no_peer:
         peer = peer_rate(cfg, vocab, micro, device, max(3, args.steps // 4))
         if peer:
-            out.update(peer="transformers GPT2LMHeadModel", peer_tokens_per_s=round(peer, 1),
+            out.update(peer=f"transformers {HF_CLASS[cfg.model_config(vocab).arch]}", peer_tokens_per_s=round(peer, 1),
                        ratio=round(tps / peer, 3))
     if args.checks:
         out["checks"] = run_checks(data, base, work)

@@ -193,11 +193,11 @@ def test_transformers_logits_match_homegpt(which, request):
     dict(arch="modern", mlp="relu2"),
     dict(arch="modern", mlp="relu2", tie_embeddings=False),
     dict(arch="modern", mlp="swiglu", rope_theta=500.0),
-    dict(arch="modern", mlp="swiglu", tie_embeddings=False, n_head=4),
+    dict(arch="modern", mlp="swiglu", tie_embeddings=False, n_head=4, dropout=0.1),
 ], ids=["gpt2", "relu2", "relu2-untied", "swiglu", "swiglu-untied"])
 def test_every_architecture_exports_and_imports_exactly(tmp_path, docs, model):
     """Logits equal transformers' within 1e-4 for each architecture and head; importing the export back gives
-    the identical weights, config and logits."""
+    the identical weights, config (dropout too, from homegpt.json) and logits."""
     from homegpt.checkpoint import load_run, model_state
 
     run = make_run(tmp_path / "run", 48, 400, docs, **model)
