@@ -143,15 +143,13 @@ def model_state(model: GPT) -> dict[str, torch.Tensor]:
 
     Sharded (FSDP) weights are gathered whole: then every rank must call this, in step.
     """
-    stored = stored_names(model)
-    return {k: full_tensor(v).detach().contiguous() for k, v in unwrap(model).state_dict().items() if k in stored}
+    skip = tied_head(model)
+    return {k: full_tensor(v).detach().contiguous() for k, v in unwrap(model).state_dict().items() if k not in skip}
 
 
-def stored_names(model: GPT) -> set[str]:
-    """The state-dict names a checkpoint of this model holds: all of them, less a tied head."""
-    model = unwrap(model)
-    names = set(model.state_dict())
-    return names - {"lm_head.weight"} if model.config.tie_embeddings else names
+def tied_head(model: GPT) -> set[str]:
+    """The state-dict names a checkpoint leaves out: the head's, when it is the token embedding."""
+    return {"lm_head.weight"} if unwrap(model).config.tie_embeddings else set()
 
 
 def unwrap(model):
@@ -237,7 +235,7 @@ def read_checkpoint(ckpt: Path) -> tuple[dict, dict, dict, dict]:
 
 def load_weights(model: GPT, weights: dict[str, torch.Tensor], where: Path) -> None:
     own = unwrap(model).state_dict()
-    expected = stored_names(model)
+    expected = set(own) - tied_head(model)
     if expected - set(weights) == {"lm_head.weight"}:
         raise UserError(f"{where} has no lm_head.weight, which this model's untied head needs (homegpt before "
                         f"untied heads were saved dropped it): that head is lost, train the run again")
