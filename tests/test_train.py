@@ -47,8 +47,10 @@ def test_schedule_warmup_then_cosine_to_ten_percent():
     assert lr_factor(100, cfg, 100) == pytest.approx(0.1)
 
 
-def test_resume_continues_the_identical_run(data_dir, tmp_path):
-    cfg = tiny_config(data_dir, max_steps=8, eval_interval=4, dropout=0.1)
+@pytest.mark.parametrize("recipe", [{}, {"arch": "gpt2"}], ids=["modern-muon", "gpt2-adamw"])
+def test_resume_continues_the_identical_run(data_dir, tmp_path, recipe):
+    """Bitwise: weights, optimizer state (Muon's momentum, AdamW's moments), schedule, RNGs, data position."""
+    cfg = tiny_config(data_dir, max_steps=8, eval_interval=4, dropout=0.1, **recipe)
     whole = train(cfg, tmp_path / "whole", **QUIET)
     part = train(cfg, tmp_path / "split", stop_after=3, **QUIET)
     assert part["finished"] is False and part["step"] == 3

@@ -1,6 +1,7 @@
 """The training engine's robustness: multi-process DDP, preemption, kill -9, numerics guard, the meter."""
 
 import csv
+import json
 import os
 import shutil
 import signal
@@ -51,6 +52,7 @@ def wait_for(predicate, timeout=120):
 
 
 def test_two_process_ddp_matches_one_process(data_dir, tmp_path):
+    """With the default recipe: Muon (and AdamW) on every rank over the all-reduced gradients."""
     config = write_config(tmp_path / "c.toml", data_dir, max_steps=6, eval_interval=6, batch_tokens=512,
                           micro_batch=4)
     single = train(tiny_config(data_dir, sample_tokens=0, max_steps=6, eval_interval=6, batch_tokens=512,
@@ -64,6 +66,7 @@ def test_two_process_ddp_matches_one_process(data_dir, tmp_path):
     # Same windows per step, gradients averaged over ranks: equal up to float summation order.
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=2e-4)
     assert single["tokens_trained"] == 6 * 512
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["optimizer"] == "muon"
     a, b = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
     assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
 
