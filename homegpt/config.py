@@ -10,10 +10,9 @@ import tomllib
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+from homegpt.choices import DEFAULT_ARCH
 from homegpt.errors import UserError, closest
 from homegpt.model import PRESETS, GPTConfig
-
-DEFAULT_ARCH = "modern"  # the architecture of the recipe that measured best (BENCHMARKS.md)
 
 
 @dataclass

@@ -27,10 +27,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from homegpt.choices import ARCHS, MLPS
 from homegpt.errors import UserError, closest
 
-ARCHS = ("gpt2", "modern")
-MLPS = {"gpt2": ("gelu",), "modern": ("relu2", "swiglu")}
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default (GPT-2's)
 RMS_NORM_EPS = 1e-6  # Qwen3's rms_norm_eps, so the export computes the same thing
 

@@ -32,8 +32,6 @@ from homegpt.errors import UserError
 if TYPE_CHECKING:
     from homegpt.config import TrainConfig
 
-OPTIMIZERS = ("adamw", "muon")
-SCHEDULES = ("cosine", "wsd")
 # Peak learning rates when the config leaves them at 0 (auto). AdamW: the GPT-2 recipe's tuned 3e-3 at CPU
 # scale (BENCHMARKS.md), 1e-3 otherwise is the config default. Muon: the benchmark's tuned values.
 MUON_LR = 0.02

@@ -85,8 +85,7 @@ def register(sub) -> None:
 
 def add_arch_flags(p, variants: bool = False) -> None:
     """--arch (and with variants --mlp, --untied): the architecture to count parameters for, and its recipe."""
-    from homegpt.config import DEFAULT_ARCH
-    from homegpt.model import ARCHS, MLPS
+    from homegpt.choices import ARCHS, DEFAULT_ARCH, MLPS
 
     p.add_argument("--arch", default=DEFAULT_ARCH, choices=ARCHS,
                    help=f"gpt2 (AdamW, cosine, DeepSeek's lr rule) or modern (Muon + AdamW, WSD, optim.py's "

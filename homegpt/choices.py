@@ -1,0 +1,8 @@
+"""The names a config can choose from, importable without torch (the CLI registers its flags with them, and
+`homegpt prepare`'s worker processes must not pay for importing torch)."""
+
+ARCHS = ("gpt2", "modern")
+MLPS = {"gpt2": ("gelu",), "modern": ("relu2", "swiglu")}
+DEFAULT_ARCH = "modern"  # the architecture of the recipe that measured best (BENCHMARKS.md)
+OPTIMIZERS = ("adamw", "muon")
+SCHEDULES = ("cosine", "wsd")
