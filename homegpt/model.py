@@ -167,6 +167,7 @@ class KVCache:
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
         self.filled = 0  # how many slots hold keys and values
+        self.mask: tuple[torch.Tensor | None, bool] = (None, False)  # the current chunk's (attention_mask(t))
         slots = torch.arange(capacity, device=device)
         pad = torch.zeros(batch, dtype=torch.long, device=device) if pad is None else pad.to(device)
         self.positions = (slots[None, :] - pad[:, None]).clamp(min=0)  # (B, capacity)
@@ -299,7 +300,7 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
                                                dropout_p=self.dropout if self.training else 0.0)
         else:
-            mask, causal = cache.attention_mask(T)
+            mask, causal = cache.mask  # set once per forward pass by GPT.hidden
             k, v = cache.append(layer, k, v)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
         y = y.transpose(1, 2).reshape(B, T, C)
@@ -395,7 +396,10 @@ class GPT(nn.Module):
                 f"sequence of {start + T} tokens is longer than the model's context of "
                 f"{self.config.block_size}: shorten the prompt or lower --max-new-tokens"
             )
-        positions = cache.positions[:, start : start + T] if cache is not None else None
+        positions = None
+        if cache is not None:
+            positions = cache.positions[:, start : start + T]
+            cache.mask = cache.attention_mask(T)
         x = self.transformer.wte(idx)
         if self.rotary is None:
             x = x + self.transformer.wpe(positions if positions is not None else torch.arange(T, device=idx.device))
