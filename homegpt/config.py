@@ -32,10 +32,10 @@ class TrainConfig:
     arch: str = ""
     mlp: str = ""  # modern: relu2 (4d, squared ReLU) | swiglu (gated SiLU, ~8/3 d); gpt2: gelu. "" = the first
     rope_theta: float = 10000.0  # modern: base of the rotary embeddings' frequencies
-    tie_embeddings: bool = True  # the head reads the token embedding (gpt2: always)
+    tie_embeddings: str = "auto"  # the head reads the token embedding: auto (gpt2: yes; modern: no) | true | false
     bias: str = "auto"  # auto (gpt2: biases, modern: none) | true | false
     # --- optimisation (optim.py). "auto" and 0 mean: the architecture's recipe, resolved when training starts
-    # and written to RUN/config.toml. gpt2: AdamW + cosine, lr 1e-3. modern: Muon + WSD (Muon lr 0.02 on the
+    # and written to RUN/config.toml. gpt2: AdamW + cosine, lr 1e-3. modern: Muon + WSD (Muon lr 0.03 on the
     # blocks' matrices; AdamW at embedding_lr / head_lr / scalar_lr on the embedding, an untied head, gains).
     optimizer: str = "auto"  # auto | adamw | muon
     schedule: str = "auto"  # auto | cosine (warmup, cosine decay) | wsd (warmup, constant, linear decay)
@@ -90,9 +90,9 @@ class TrainConfig:
         missing = [n for n in ("n_layer", "n_head", "n_embd", "block_size") if n not in base]
         if missing:
             raise UserError(f"no preset and no {', '.join(missing)} given: set preset or the sizes")
-        bias = {"auto": None, "true": True, "false": False}[self.bias]
+        bias, tie = _auto_bool("bias", self.bias), _auto_bool("tie_embeddings", self.tie_embeddings)
         base.update(vocab_size=vocab_size, dropout=self.dropout, bias=bias, arch=self.resolved_arch(),
-                    mlp=self.mlp, rope_theta=self.rope_theta, tie_embeddings=self.tie_embeddings)
+                    mlp=self.mlp, rope_theta=self.rope_theta, tie_embeddings=tie)
         return GPTConfig(**base)
 
     def resolved_arch(self) -> str:
@@ -157,8 +157,9 @@ class TrainConfig:
         self._check_choice("arch", ("", "gpt2", "modern"), "gpt2 or modern")
         self._check_choice("optimizer", ("auto", "adamw", "muon"), "adamw or muon")
         self._check_choice("schedule", ("auto", "cosine", "wsd"), "cosine or wsd")
-        self.bias = str(self.bias).lower()
-        self._check_choice("bias", ("auto", "true", "false"), "true, false or auto")
+        for name in ("bias", "tie_embeddings"):
+            setattr(self, name, str(getattr(self, name)).lower())
+            self._check_choice(name, ("auto", "true", "false"), "true, false or auto")
         if self.data_order not in ("random", "sequential"):
             raise UserError(f"data_order must be random or sequential, got {self.data_order!r}")
         if self.micro_batch < 0:
@@ -190,6 +191,16 @@ class TrainConfig:
         cfg = cls(**values)
         cfg.validate()
         return cfg
+
+
+def _auto_bool(name: str, value) -> bool | None:
+    """"auto" -> None (the architecture decides), else the boolean a config (or a caller's bool) says."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).lower()
+    if text not in ("auto", "true", "false"):
+        raise UserError(f"{name} must be true, false or auto, got {value!r}")
+    return None if text == "auto" else text == "true"
 
 
 def _coerce(key: str, value, type_name: str):

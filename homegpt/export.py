@@ -400,7 +400,8 @@ def _imported_train_config(saved: dict, cfg: GPTConfig) -> dict:
         values["data_dir"] = ""  # another machine's path: give --data-dir when resuming
     values.update(preset="", n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
                   block_size=cfg.block_size, dropout=cfg.dropout, arch=cfg.arch, mlp=cfg.mlp,
-                  rope_theta=cfg.rope_theta, tie_embeddings=cfg.tie_embeddings, bias="true" if cfg.bias else "false")
+                  rope_theta=cfg.rope_theta, tie_embeddings="true" if cfg.tie_embeddings else "false",
+                  bias="true" if cfg.bias else "false")
     values.setdefault("data_dir", "")
     return TrainConfig(**values).to_dict()
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from homegpt.choices import ARCHS, MLPS
+from homegpt.choices import ARCHS, MLPS, TIE_EMBEDDINGS
 from homegpt.errors import UserError, closest
 
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default (GPT-2's)
@@ -46,7 +46,8 @@ class GPTConfig:
     arch: str = "gpt2"
     mlp: str = ""  # "" = the architecture's: gelu (gpt2), relu2 (modern); or swiglu (modern)
     rope_theta: float = 10000.0  # modern only
-    tie_embeddings: bool = True  # the head reads the token embedding (gpt2 always; modern either)
+    tie_embeddings: bool | None = None  # the head reads the token embedding; None = the architecture's
+    # default (choices.TIE_EMBEDDINGS: gpt2 always ties; modern unties by default)
 
     def __post_init__(self) -> None:
         for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
@@ -68,6 +69,8 @@ class GPTConfig:
                             f"use {' or '.join(MLPS[self.arch])}")
         if self.bias is None:
             self.bias = self.arch == "gpt2"
+        if self.tie_embeddings is None:
+            self.tie_embeddings = TIE_EMBEDDINGS[self.arch]
         if self.arch == "modern":
             if self.bias:
                 raise UserError('arch = "modern" has no biases: drop bias = true, or use arch = "gpt2"')

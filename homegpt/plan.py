@@ -49,11 +49,12 @@ class Arch:
 
     arch: str = DEFAULT_ARCH
     mlp: str = ""  # "" = the architecture's first (gelu, relu2)
-    tie_embeddings: bool = True
+    tie_embeddings: bool | None = None  # None = the architecture's default (choices.TIE_EMBEDDINGS)
 
     def __post_init__(self) -> None:
         probe = GPTConfig(arch=self.arch, mlp=self.mlp, tie_embeddings=self.tie_embeddings)  # UserError if bad
         object.__setattr__(self, "mlp", probe.mlp)
+        object.__setattr__(self, "tie_embeddings", probe.tie_embeddings)
 
     def shape(self, n_layer: int, n_head: int, n_embd: int, block_size: int, vocab_size: int) -> GPTConfig:
         return GPTConfig(n_layer, n_head, n_embd, block_size, vocab_size, arch=self.arch, mlp=self.mlp,
@@ -202,7 +203,7 @@ def plan(*, flops: float | None = None, budget_usd: float | None = None, gpu_hou
          peak_tflops: float | None = None, law: str | Law = "epoch", vocab_size: int = DEFAULT_VOCAB,
          block_size: int = DEFAULT_BLOCK, bytes_per_token: float = DEFAULT_BYTES_PER_TOKEN,
          unique_tokens: float | None = None, throughput: Throughput | None = None, arch: str = DEFAULT_ARCH,
-         mlp: str = "", tie_embeddings: bool = True) -> dict:
+         mlp: str = "", tie_embeddings: bool | None = None) -> dict:
     """A complete plan as a JSON-ready dict (see docs/planning.md for every key), for the recipe of `arch`
     (gpt2 | modern; mlp and tie_embeddings as in model.py)."""
     given = [k for k, v in (("--flops", flops), ("--budget-usd", budget_usd), ("--gpu-hours", gpu_hours))
@@ -215,7 +216,7 @@ def plan(*, flops: float | None = None, budget_usd: float | None = None, gpu_hou
         _positive(name, value)
     if block_size < 1 or vocab_size < 1:
         raise UserError("--block-size and --vocab-size must be positive")
-    if arch == "gpt2" and not tie_embeddings:
+    if arch == "gpt2" and tie_embeddings is False:
         raise UserError("GPT-2 ties its head to the token embedding: --untied needs --arch modern")
     model = Arch(arch, mlp, tie_embeddings)
     the_law = law if isinstance(law, Law) else load_law(law)

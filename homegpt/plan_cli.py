@@ -84,7 +84,8 @@ def register(sub) -> None:
 
 
 def add_arch_flags(p, variants: bool = False) -> None:
-    """--arch (and with variants --mlp, --untied): the architecture to count parameters for, and its recipe."""
+    """--arch (and with variants --mlp, --tied/--untied): the architecture to count parameters for, and its
+    recipe."""
     from homegpt.choices import ARCHS, DEFAULT_ARCH, MLPS
 
     p.add_argument("--arch", default=DEFAULT_ARCH, choices=ARCHS,
@@ -93,7 +94,11 @@ def add_arch_flags(p, variants: bool = False) -> None:
     if variants:
         p.add_argument("--mlp", choices=sorted({m for ms in MLPS.values() for m in ms}),
                        help="modern: relu2 (default) or swiglu; gpt2: gelu")
-        p.add_argument("--untied", action="store_true", help="modern: an output head of its own (+ V x d parameters)")
+        head = p.add_mutually_exclusive_group()
+        head.add_argument("--untied", dest="tie", action="store_false", default=None,
+                          help="an output head of its own, + V x d parameters (modern's default)")
+        head.add_argument("--tied", dest="tie", action="store_true", default=None,
+                          help="the head reads the token embedding (gpt2 always does)")
 
 
 # ---- plan ----------------------------------------------------------------------------------------------
@@ -125,7 +130,7 @@ def _plan_inputs(args) -> tuple[dict, list[str]]:
                   num_gpus=args.num_gpus, mfu=args.mfu, price=args.price, peak_tflops=args.peak_tflops,
                   law=args.law, vocab_size=DEFAULT_VOCAB if vocab is None else vocab, block_size=args.block_size,
                   bytes_per_token=DEFAULT_BYTES_PER_TOKEN if bpt is None else bpt, unique_tokens=unique,
-                  arch=args.arch, mlp=args.mlp or "", tie_embeddings=not args.untied)
+                  arch=args.arch, mlp=args.mlp or "", tie_embeddings=args.tie)
     return kwargs, notes
 
 

@@ -59,15 +59,19 @@ def test_fifty_dollar_recipe_point(capsys):
     assert "not a promise" in r["predicted_loss_note"]
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "modern"])
+@pytest.mark.parametrize("arch", ["gpt2", "modern", "modern-untied"])
 @pytest.mark.parametrize("target", [3e5, 2e6, 1.2e7, 8e7, 4e8, 3e9])
 def test_shape_search_is_close_sensible_and_exact(target, arch):
     vocab, block = (50304, 1024) if target > 1e7 else (512, 256)
-    cfg = search_shape(target, vocab, block, arch=Arch(arch))
+    untied = arch == "modern-untied"
+    if untied and vocab * 64 * 2 > target / 2:  # the untied 50k-token head alone is most of the budget
+        pytest.skip("no 64-wide shape: the embedding and head take the budget (covered by the count test)")
+    cfg = search_shape(target, vocab, block, arch=Arch(arch.split("-")[0], tie_embeddings=not untied))
     total = count_params(cfg)["total"]
-    assert cfg.arch == arch
-    # within 10% (then the aspect ratio decides); small models have few shapes, larger ones plenty
-    assert abs(math.log(total / target)) < math.log(1.10 if target < 1e7 else 1.03)
+    assert cfg.arch == arch.split("-")[0]
+    # within 12% (then the aspect ratio decides); small models have few shapes (fewer still when an untied
+    # 50k-token head doubles the embedding, the bulk of a 12M model), larger ones plenty
+    assert abs(math.log(total / target)) < math.log(1.12 if target < 5e7 else 1.03)
     assert cfg.n_embd % 64 == 0 and cfg.n_embd // cfg.n_head == 64 and cfg.n_layer >= 2
     if target >= 1e7:  # plenty of shapes: the preferred aspect band
         assert 32 <= cfg.n_embd / cfg.n_layer <= 128
@@ -77,12 +81,12 @@ def test_shape_search_is_close_sensible_and_exact(target, arch):
         assert GPT(cfg).num_params()["total"] == total
 
 
-@pytest.mark.parametrize("mlp, untied", [("relu2", False), ("swiglu", False), ("relu2", True), ("swiglu", True)])
-def test_modern_plan_counts_the_real_modern_model(capsys, mlp, untied):
+@pytest.mark.parametrize("mlp, tied", [("relu2", False), ("swiglu", False), ("relu2", True), ("swiglu", True)])
+def test_modern_plan_counts_the_real_modern_model(capsys, mlp, tied):
     r = run_json(capsys, "plan", "--flops", "1e13", "--vocab-size", "512", "--block-size", "64", "--mlp", mlp,
-                 *(["--untied"] if untied else []))
+                 *(["--tied"] if tied else []))
     m = r["model"]
-    assert (m["arch"], m["mlp"], m["tie_embeddings"]) == ("modern", mlp, not untied)
+    assert (m["arch"], m["mlp"], m["tie_embeddings"]) == ("modern", mlp, tied)  # modern unties by default
     model = GPT(model_of(m))
     assert model.num_params()["total"] == m["params"] == count_params(model_of(m))["total"]
     assert m["params"] != count_params(GPTConfig(m["n_layer"], m["n_head"], m["n_embd"], 64, 512))["total"]
