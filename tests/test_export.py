@@ -165,17 +165,17 @@ def test_modern_export_is_a_qwen3(exported):
     run_dir, out, info = exported
     cfg = json.loads((out / "config.json").read_text())
     model = GPTConfig.from_dict(json.loads((run_dir / "run.json").read_text())["model"])
-    assert model.arch == "modern" and model.mlp == "relu2" and model.tie_embeddings  # the default recipe
+    assert model.arch == "modern" and model.mlp == "relu2" and not model.tie_embeddings  # the default recipe
     assert cfg["architectures"] == ["Qwen3ForCausalLM"] == [info["architecture"]] and cfg["model_type"] == "qwen3"
     assert (cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["num_key_value_heads"],
             cfg["head_dim"], cfg["intermediate_size"], cfg["max_position_embeddings"], cfg["vocab_size"]) == (
         model.n_embd, model.n_layer, model.n_head, model.n_head, model.head_dim, model.mlp_hidden, model.block_size,
         model.vocab_size)
-    assert cfg["hidden_act"] == "relu" and cfg["rms_norm_eps"] == 1e-6 and cfg["tie_word_embeddings"] is True
+    assert cfg["hidden_act"] == "relu" and cfg["rms_norm_eps"] == 1e-6 and cfg["tie_word_embeddings"] is False
     assert cfg["rope_parameters"] == {"rope_type": "default", "rope_theta": model.rope_theta}
     assert not cfg["attention_bias"] and not cfg["use_sliding_window"]
     weights = load_file(str(out / "model.safetensors"))
-    assert "lm_head.weight" not in weights and all(w.dtype == torch.float32 for w in weights.values())
+    assert "lm_head.weight" in weights and all(w.dtype == torch.float32 for w in weights.values())
     for i in range(model.n_layer):  # ReLU² is relu(gate x) * (up x) with gate = up
         assert torch.equal(weights[f"model.layers.{i}.mlp.gate_proj.weight"],
                            weights[f"model.layers.{i}.mlp.up_proj.weight"])
