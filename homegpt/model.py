@@ -13,9 +13,10 @@ Both share the block structure x + attn(norm(x)), x + mlp(norm(x)); where they d
 in one place (the norm factory, CausalSelfAttention.qkv, MLP.forward, GPT._init_weights). Attention runs
 through `scaled_dot_product_attention` (flash / memory-efficient kernels where the device has them).
 
-Generation uses a preallocated key/value cache (KVCache): the prompt runs once, then each new token costs one
-position of attention. The cache also carries per-row positions and padding, so rows of different lengths
-share one batch and each row computes exactly what it would alone.
+Generation uses a preallocated key/value cache (kvcache.KVCache): the prompt runs once, then each new token
+costs one position of attention. Every row of the cache has its own length and positions, so rows of
+different lengths share one batch, rows join and leave a running batch (engine.py), and each row computes
+what it would alone.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 
 from homegpt.choices import ARCHS, MLPS, TIE_EMBEDDINGS
 from homegpt.errors import UserError, closest
+from homegpt.kvcache import KVCache
 
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default (GPT-2's)
 RMS_NORM_EPS = 1e-6  # Qwen3's rms_norm_eps, so the export computes the same thing
@@ -156,55 +158,6 @@ def flops_per_token(cfg: GPTConfig, seq_len: int | None = None) -> float:
     return 6.0 * n + 12.0 * cfg.n_layer * cfg.n_embd * t
 
 
-class KVCache:
-    """Keys and values of every layer for a batch of rows: (n_layer, batch, n_head, capacity, head_dim).
-
-    pad[b] slots at the start of row b are padding (rows of different lengths are left-padded to share a
-    batch): row b's token in slot j sits at position j - pad[b], as if it ran alone, and padding is never
-    attended. The tensors are allocated on first use, in the dtype the projections produce (autocast).
-    """
-
-    def __init__(self, cfg: GPTConfig, batch: int, capacity: int, device, pad: torch.Tensor | None = None) -> None:
-        self.shape = (cfg.n_layer, batch, cfg.n_head, capacity, cfg.head_dim)
-        self.capacity = capacity
-        self.k: torch.Tensor | None = None
-        self.v: torch.Tensor | None = None
-        self.filled = 0  # how many slots hold keys and values
-        self.mask: tuple[torch.Tensor | None, bool] = (None, False)  # the current chunk's (attention_mask(t))
-        slots = torch.arange(capacity, device=device)
-        pad = torch.zeros(batch, dtype=torch.long, device=device) if pad is None else pad.to(device)
-        self.positions = (slots[None, :] - pad[:, None]).clamp(min=0)  # (B, capacity)
-        self.padded = bool((pad > 0).any())
-        self.key_valid = (slots[None, :] >= pad[:, None])[:, None, None, :]  # (B, 1, 1, capacity)
-
-    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store a chunk's keys and values after the filled slots; all of the row's keys and values so far."""
-        if self.k is None:
-            self.k = torch.zeros(self.shape, dtype=k.dtype, device=k.device)
-            self.v = torch.zeros(self.shape, dtype=v.dtype, device=v.device)
-        end = self.filled + k.size(2)
-        self.k[layer, :, :, self.filled : end] = k
-        self.v[layer, :, :, self.filled : end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
-
-    def attention_mask(self, t: int) -> tuple[torch.Tensor | None, bool]:
-        """(boolean mask or None, is_causal) for a chunk of t new queries after the filled slots."""
-        start, end = self.filled, self.filled + t
-        if not self.padded:
-            if t == 1:  # one new token attends to everything before it
-                return None, False
-            if start == 0:
-                return None, True
-            return torch.ones(t, end, dtype=torch.bool, device=self.positions.device).tril(diagonal=start), False
-        if t == 1:
-            return self.key_valid[..., :end], False
-        slots = torch.arange(end, device=self.positions.device)
-        queries = torch.arange(start, end, device=self.positions.device)[:, None]
-        causal = slots[None, :] <= queries
-        # A padding query would see no key at all (NaN): it sees itself; its output is never used.
-        return (causal[None, None] & self.key_valid[..., :end]) | (slots[None, :] == queries), False
-
-
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate pairs (i, i + head_dim/2) of x by position-dependent angles (the "rotate half" layout that
     Llama and Qwen3 use in transformers, so exported weights need no permutation)."""
@@ -303,7 +256,7 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
                                                dropout_p=self.dropout if self.training else 0.0)
         else:
-            mask, causal = cache.mask  # set once per forward pass by GPT.hidden
+            mask, causal = cache.mask  # set once per forward pass, by cache.begin in GPT.hidden
             k, v = cache.append(layer, k, v)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
         y = y.transpose(1, 2).reshape(B, T, C)
@@ -391,18 +344,15 @@ class GPT(nn.Module):
         return {"total": total, "non_embedding": total - embedding, "embedding": embedding}
 
     def hidden(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """The final normalised hidden states (B, T, n_embd); with a cache, after its filled slots."""
+        """The final normalised hidden states (B, T, n_embd); with a cache, after each row's filled slots."""
         B, T = idx.shape
-        start = cache.filled if cache is not None else 0
-        if start + T > self.config.block_size:
+        longest = cache.longest if cache is not None else 0
+        if longest + T > self.config.block_size:
             raise UserError(
-                f"sequence of {start + T} tokens is longer than the model's context of "
+                f"sequence of {longest + T} tokens is longer than the model's context of "
                 f"{self.config.block_size}: shorten the prompt or lower --max-new-tokens"
             )
-        positions = None
-        if cache is not None:
-            positions = cache.positions[:, start : start + T]
-            cache.mask = cache.attention_mask(T)
+        positions = cache.begin(T) if cache is not None else None  # per row; also sets the chunk's mask
         x = self.transformer.wte(idx)
         if self.rotary is None:
             x = x + self.transformer.wpe(positions if positions is not None else torch.arange(T, device=idx.device))
@@ -413,7 +363,7 @@ class GPT(nn.Module):
         for i, block in enumerate(self.transformer.h):
             x = block(x, rope, cache, i)
         if cache is not None:
-            cache.filled += T
+            cache.advance(T)
         return self.transformer.ln_f(x)
 
     def forward(
@@ -450,7 +400,7 @@ class GPT(nn.Module):
     ):
         """Yield one (B, 1) tensor of new tokens at a time; temperature 0 means greedy decoding.
 
-        The plain reference loop (sample.generate_ids is the batched engine everything else uses); with
+        The plain reference loop (engine.Engine is the batched engine everything else uses); with
         use_cache=False it re-runs the whole sequence every step, which is what the cache must reproduce.
         """
         total = idx.size(1) + max_new_tokens

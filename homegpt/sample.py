@@ -3,12 +3,12 @@
 The prompt is preceded by <|endoftext|>, as every training document is, so the model starts as it would
 at the beginning of a document. A row stops at <|endoftext|>, at a stop string, or after max_new_tokens.
 
-Decoding (`Decoder`) runs the model's own modules over one preallocated key/value cache for the whole batch
-(model.KVCache), whatever the architecture: the prompt runs once, then one position per step, under
-`torch.inference_mode`. Prompts of different lengths share a batch by left-padding: each row's positions are
-offset so its real tokens sit at positions 0, 1, 2, ... (as they would alone), and the padding is masked out
-of every attention, so a row's tokens do not depend on what else is in the batch. Sampling draws each row
-from its own seeded generator for the same reason.
+Decoding runs on engine.py's engine, the one `homegpt serve` runs too: one preallocated key/value cache with
+a slot per row (kvcache.KVCache), the prompt run once, then one position per step. Each row has its own
+length and positions in the cache and draws from its own seeded generator, so a row's tokens do not depend
+on what else is in the batch, and a finished row leaves at once, its slot taken by the next prompt waiting
+(`generate_many`). TextStream turns a row's tokens into text: incremental decoding, stop strings, and what
+is safe to stream.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 
+from homegpt.engine import Engine, Sampling, Scheduler, Sequence, apply_repetition_penalty  # noqa: F401
 from homegpt.errors import UserError
-from homegpt.model import GPT, KVCache, sample_next
+from homegpt.model import GPT
 from homegpt.tokenizer import EOT
 
 DEFAULT_BATCH = 16  # rows per forward pass when many prompts are given
@@ -73,49 +74,7 @@ def encode_prompt(tok, prompt: str, block_size: int, max_new_tokens: int) -> lis
     return ids
 
 
-# --------------------------------------------------------------------------------------------- decoding
-
-
-class Decoder:
-    """A batch's forward passes through the model with a preallocated key/value cache (model.KVCache).
-
-    rows are token-id lists of any lengths (each <= the model's context); the batch is left-padded to the
-    longest, and the cache gives each row its own positions and masks its padding. Call prefill() once, then
-    step(tokens) per new token; both return the (B, vocab) logits of each row's last position.
-    """
-
-    def __init__(self, model: GPT, rows: list[list[int]], max_new_tokens: int) -> None:
-        cfg = model.config
-        self.model = model
-        self.device = model.transformer.wte.weight.device
-        if not rows or min(len(r) for r in rows) == 0:
-            raise UserError("every row needs at least one token (the start marker)")
-        longest = max(len(r) for r in rows)
-        if longest + max_new_tokens > cfg.block_size:  # positions are per row: only the longest row can overflow
-            raise UserError(f"a prompt of {longest} tokens + {max_new_tokens} new tokens exceeds the "
-                            f"model's context of {cfg.block_size} tokens")
-        pad = torch.tensor([longest - len(r) for r in rows], device=self.device)
-        self.cache = KVCache(cfg, len(rows), longest + max_new_tokens, self.device, pad)
-        ids = torch.zeros(len(rows), longest, dtype=torch.long, device=self.device)
-        for b, r in enumerate(rows):
-            ids[b, longest - len(r):] = torch.tensor(r, dtype=torch.long)
-        self.prompt_ids = ids
-
-    def prefill(self) -> torch.Tensor:
-        return self.model.decode(self.prompt_ids, self.cache)
-
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens: (B, 1) the tokens just chosen; returns the logits for the next ones."""
-        if self.cache.filled >= self.cache.capacity:
-            raise UserError("the decoder's cache is full: lower max_new_tokens")
-        return self.model.decode(tokens, self.cache)
-
-
-def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """CTRL's penalty (Keskar et al. 2019), as transformers applies it: seen tokens' logits are divided by
-    the penalty when positive and multiplied by it when negative, so they always become less likely."""
-    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
-    return torch.where(seen, penalised, logits)
+# --------------------------------------------------------------------------------------------- tokens
 
 
 @torch.inference_mode()
@@ -131,37 +90,20 @@ def generate_ids(
     vocab_limit: int | None = None,
     penalty_skip: int = 0,
 ) -> Iterator[torch.Tensor]:
-    """Yield a (B, 1) tensor of next tokens per step; the caller stops iterating when it has enough.
+    """Yield a (B, 1) tensor of next tokens per step, every row joining at the start and staying until
+    max_new_tokens (the caller stops iterating when it has enough): token ids only, on the engine.
 
     seeds: one per row (sampling only). vocab_limit: ids at or above it (the vocabulary's padding) are never
     chosen. penalty_skip: how many leading tokens of each row the repetition penalty ignores (the start marker).
     """
-    model.eval()
-    dec = Decoder(model, rows, max_new_tokens)
-    gens = None
-    if temperature > 0:
-        gens = [torch.Generator(device=dec.device).manual_seed(s) for s in (seeds or [0] * len(rows))]
-    seen = None
-    if repetition_penalty != 1.0:
-        seen = torch.zeros(len(rows), model.config.vocab_size, dtype=torch.bool, device=dec.device)
-        for b, r in enumerate(rows):
-            seen[b, r[penalty_skip:]] = True
-    logits = dec.prefill()
-    for n in range(max_new_tokens):
-        logits = logits.float()
-        if vocab_limit is not None and vocab_limit < logits.size(-1):
-            logits[:, vocab_limit:] = float("-inf")
-        if seen is not None:
-            logits = apply_repetition_penalty(logits, seen, repetition_penalty)
-        if gens is None:
-            nxt = logits.argmax(dim=-1, keepdim=True)
-        else:  # row by row, each from its own generator: a row's sample does not depend on its batch
-            nxt = torch.cat([sample_next(logits[b : b + 1], temperature, top_k, top_p, g) for b, g in enumerate(gens)])
-        if seen is not None:
-            seen.scatter_(1, nxt, True)
-        yield nxt
-        if n + 1 < max_new_tokens:
-            logits = dec.step(nxt)
+    engine = Engine(model, len(rows), vocab_limit)
+    seqs = [Sequence(r, Sampling(temperature, top_k, top_p, s, repetition_penalty), max_new_tokens,
+                     penalty_skip=penalty_skip) for r, s in zip(rows, seeds or [0] * len(rows), strict=True)]
+    for seq in seqs:
+        engine.check(seq)
+    yield torch.tensor([[engine.add(seq)] for seq in seqs])
+    for _ in range(max_new_tokens - 1):
+        yield torch.tensor(engine.step())[:, None]
 
 
 # --------------------------------------------------------------------------------------------- text
@@ -184,14 +126,60 @@ def find_stop(text: str, stops: tuple[str, ...], search_from: int = 0) -> int:
     return min(hits) if hits else -1
 
 
-class _Row:
-    """One row's progress: its new tokens, its text so far, and whether and why it ended."""
+class TextStream:
+    """One row's text as its tokens arrive: end-of-text tokens, stop strings, and what is safe to show.
 
-    def __init__(self, prompt: str, seed: int) -> None:
-        self.prompt, self.seed = prompt, seed
+    add(token) returns True once the row has ended: at one of end_ids (finish "eot", the token is not part
+    of the output) or at a stop string (finish "stop", the text cut before it). close() marks any other end
+    ("length"). take() gives the text not shown yet that is certain: while the row runs, never half a
+    character (byte-level tokens) nor what might be the start of a stop string.
+
+    Decoding is incremental: tokens up to the last complete character are decoded once, so a long row costs
+    no more per token than a short one. For a byte-level tokenizer that is the same text as decoding all
+    tokens at once (UTF-8 resynchronises at every complete character).
+    """
+
+    def __init__(self, tok, stops: tuple[str, ...] = (), end_ids: frozenset[int] | set[int] = frozenset()) -> None:
+        self.tok, self.stops, self.end_ids = tok, tuple(stops), frozenset(end_ids)
+        self.longest_stop = max((len(s) for s in self.stops), default=0)
         self.tokens: list[int] = []
         self.text = ""
         self.finish: str | None = None
+        self._done, self._pending = "", []  # text of the tokens up to the last complete character; the rest
+        self._shown = 0
+
+    def add(self, token: int) -> bool:
+        if self.finish is not None:
+            return True
+        if token in self.end_ids:
+            self.finish = "eot"
+            return True
+        self.tokens.append(token)
+        self._pending.append(token)
+        piece = self.tok.decode(self._pending)
+        before = len(self.text)
+        self.text = self._done + piece
+        if not piece.endswith("\ufffd"):
+            self._done, self._pending = self.text, []
+        if self.stops:
+            cut = find_stop(self.text, self.stops, max(0, before - self.longest_stop))
+            if cut >= 0:
+                self.text, self.finish = self.text[:cut], "stop"
+        return self.finish is not None
+
+    def close(self, reason: str = "length") -> None:
+        self.finish = self.finish or reason
+
+    def take(self) -> str:
+        text = self.text
+        if self.finish is None:
+            if text.endswith("\ufffd"):
+                return ""
+            text = text[: len(text) - held_back(text, self.stops)]
+        if len(text) <= self._shown:
+            return ""
+        piece, self._shown = text[self._shown :], len(text)
+        return piece
 
 
 def generate(
@@ -202,63 +190,50 @@ def generate(
     seeds: list[int] | None = None,
     on_text: Callable[[str], None] | None = None,
 ) -> list[Completion]:
-    """Continuations of several prompts in one batch (seeds: one per prompt, default opts.seed for all).
+    """Continuations of several prompts decoded together (seeds: one per prompt, default opts.seed for all).
 
     on_text streams the text of a single prompt as it is produced (only with one prompt).
     """
-    opts.validate()
-    if not prompts:
-        return []
     if on_text is not None and len(prompts) != 1:
         raise ValueError("streaming (on_text) needs exactly one prompt")
     seeds = seeds or [opts.seed] * len(prompts)
+    return complete(model, tok, list(zip(prompts, seeds, strict=True)), opts, max(1, len(prompts)), on_text)
+
+
+def complete(model: GPT, tok, jobs: list[tuple[str, int]], opts: SampleOptions, max_batch: int,
+             on_text: Callable[[str], None] | None = None) -> list[Completion]:
+    """(prompt, seed) jobs through one engine of max_batch rows: a job joins as soon as a row is free and
+    leaves when it ends. Results in the jobs' order; on_text streams the first job's text."""
+    opts.validate()
+    if not jobs:
+        return []
     block = model.config.block_size
-    rows_ids = [encode_prompt(tok, p, block, opts.max_new_tokens) for p in prompts]
-    eot = tok.token_to_id(EOT)
-    rows = [_Row(p, s) for p, s in zip(prompts, seeds, strict=True)]
-    longest_stop = max((len(s) for s in opts.stop), default=0)
-    shown = 0
-    steps = generate_ids(model, rows_ids, opts.max_new_tokens, opts.temperature, opts.top_k, opts.top_p, seeds,
-                         opts.repetition_penalty, vocab_limit=tok.get_vocab_size(), penalty_skip=1)
-    for nxt in steps:
-        for row, token in zip(rows, nxt[:, 0].tolist(), strict=True):
-            if row.finish is not None:
-                continue
-            if token == eot:
-                row.finish = "eot"
-                continue
-            row.tokens.append(token)
-            if opts.stop or on_text is not None:
-                before = len(row.text)
-                row.text = tok.decode(row.tokens)
-                cut = find_stop(row.text, opts.stop, max(0, before - longest_stop)) if opts.stop else -1
-                if cut >= 0:
-                    row.text, row.finish = row.text[:cut], "stop"
-        if on_text is not None:
-            shown = _stream(rows[0], opts.stop, shown, on_text)
-        if all(r.finish is not None for r in rows):
-            break
-    out = []
-    for row in rows:
-        if row.finish != "stop":
-            row.text = tok.decode(row.tokens)
-        out.append(Completion(row.prompt, row.text, row.finish or "length", len(row.tokens), row.seed, row.tokens))
-    if on_text is not None and len(out[0].text) > shown:
-        on_text(out[0].text[shown:])
-    return out
+    ids = [encode_prompt(tok, p, block, opts.max_new_tokens) for p, _ in jobs]
+    eot = {tok.token_to_id(EOT)}
+    streams = [TextStream(tok, opts.stop, eot) for _ in jobs]
+    seqs = [Sequence(i, Sampling(opts.temperature, opts.top_k, opts.top_p, seed, opts.repetition_penalty),
+                     opts.max_new_tokens, on_token=st.add, penalty_skip=1)
+            for i, st, (_, seed) in zip(ids, streams, jobs, strict=True)]
+    if on_text is not None:
+        first = streams[0]
 
+        def show(token: int) -> bool:
+            ended = first.add(token)
+            piece = first.take()
+            if piece:
+                on_text(piece)
+            return ended
 
-def _stream(row: _Row, stops: tuple[str, ...], shown: int, on_text: Callable[[str], None]) -> int:
-    """Show what is certain: not a character cut mid-way (byte-level tokens), not a possible stop's start."""
-    text = row.text
-    if row.finish is None:
-        if text.endswith("\ufffd"):
-            return shown
-        text = text[: len(text) - held_back(text, stops)]
-    if len(text) > shown:
-        on_text(text[shown:])
-        return len(text)
-    return shown
+        seqs[0].on_token = show
+    scheduler = Scheduler(Engine(model, min(max_batch, len(jobs)), vocab_limit=tok.get_vocab_size()))
+    scheduler.submit(seqs)
+    scheduler.drain()
+    for st in streams:
+        st.close("length")
+    if on_text is not None and (rest := streams[0].take()):
+        on_text(rest)
+    return [Completion(p, st.text, st.finish, len(st.tokens), seed, st.tokens)
+            for st, (p, seed) in zip(streams, jobs, strict=True)]
 
 
 def generate_text(
@@ -279,20 +254,12 @@ def generate_text(
 
 def generate_many(model: GPT, tok, prompts: list[str], opts: SampleOptions, num_samples: int = 1,
                   batch_size: int = DEFAULT_BATCH) -> list[Completion]:
-    """num_samples continuations of each prompt (seeds opts.seed + i), in batches of similar lengths.
+    """num_samples continuations of each prompt (seeds opts.seed + i), batch_size rows decoding at a time.
 
     Returned prompt-major: all samples of the first prompt, then the second's, ...
     """
     jobs = [(p, opts.seed + i) for p in prompts for i in range(num_samples)]
-    # Sorting by length keeps padding (wasted positions) small; results go back in the asked order.
-    order = sorted(range(len(jobs)), key=lambda j: len(tok.encode(jobs[j][0]).ids))
-    out: list[Completion | None] = [None] * len(jobs)
-    for i in range(0, len(order), max(1, batch_size)):
-        chunk = order[i : i + batch_size]
-        done = generate(model, tok, [jobs[j][0] for j in chunk], opts, seeds=[jobs[j][1] for j in chunk])
-        for j, c in zip(chunk, done, strict=True):
-            out[j] = c
-    return out  # type: ignore[return-value]
+    return complete(model, tok, jobs, opts, max(1, batch_size))
 
 
 def sample_run(

@@ -1,4 +1,4 @@
-"""Sampling: the batched decoder against the model's own forward pass, stop strings, repetition penalty, CLI."""
+"""Sampling: the engine against the model's own forward pass, stop strings, repetition penalty, CLI."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import torch
 
 from homegpt.cli import main
 from homegpt.sample import (
-    Decoder,
     SampleOptions,
     apply_repetition_penalty,
     encode_prompt,
@@ -38,20 +37,6 @@ def loaded(trained_run):
 
 def rows_for(tok, prompts, n=20):
     return [encode_prompt(tok, p, 64, n) for p in prompts]
-
-
-def test_decoder_logits_equal_the_models_forward_on_a_padded_batch(loaded):
-    _, model, tok = loaded
-    rows = rows_for(tok, PROMPTS)
-    nxt = torch.tensor([[5], [7], [11], [13]])
-    with torch.inference_mode():
-        dec = Decoder(model, rows, 4)
-        first, second = dec.prefill(), dec.step(nxt)
-        for b, r in enumerate(rows):
-            ref1, _ = model(torch.tensor([r]))
-            ref2, _ = model(torch.tensor([r + [int(nxt[b])]]))
-            assert torch.allclose(first[b], ref1[0, -1], atol=1e-5)
-            assert torch.allclose(second[b], ref2[0, -1], atol=1e-5)
 
 
 def test_cached_greedy_equals_uncached_greedy_in_a_batch(loaded):
