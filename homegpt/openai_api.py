@@ -1,0 +1,175 @@
+"""OpenAI's request and response shapes, as `homegpt serve` speaks them (docs/serving.md lists every field).
+
+Requests are pydantic models: a field of the wrong type or out of range is a 400 with OpenAI's error JSON,
+naming the field. Fields homegpt does not implement are accepted at their neutral value only (logprobs off,
+no penalties, no logit bias, best_of = n, no suffix, no tools) and refused otherwise; unknown fields are
+ignored, as clients send many. Extras beyond OpenAI's fields, as vLLM names them: top_k, repetition_penalty,
+ignore_eos.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
+
+MAX_N = 16
+MAX_STOPS = 4
+
+Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
+TopP = Annotated[float, Field(gt=0.0, le=1.0)]
+TopK = Annotated[StrictInt, Field(ge=-1)]
+Tokens = Annotated[StrictInt, Field(ge=1)]
+
+
+class APIError(Exception):
+    """An error answered as {"error": {"message", "type", "param", "code"}} with an HTTP status."""
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class StreamOptions(BaseModel):
+    include_usage: StrictBool = False
+
+
+class _Common(BaseModel):
+    """Sampling, stopping and streaming: the fields both endpoints share."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: StrictStr
+    temperature: Temperature = 1.0
+    top_p: TopP = 1.0
+    top_k: TopK | None = None  # extra: keep the K likeliest tokens; 0 or -1 = off
+    stop: StrictStr | list[StrictStr] | None = None
+    n: Annotated[StrictInt, Field(ge=1, le=MAX_N)] = 1
+    seed: StrictInt | None = None
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    repetition_penalty: Annotated[float, Field(gt=0.0)] = 1.0  # extra (CTRL's penalty; 1 = off)
+    ignore_eos: StrictBool = False  # extra: go on past <|endoftext|> (benchmarks)
+    frequency_penalty: float = 0.0  # not implemented: only 0
+    presence_penalty: float = 0.0
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+
+    @model_validator(mode="after")
+    def _check_common(self):
+        stops = self.stops()
+        if len(stops) > MAX_STOPS:
+            raise ValueError(f"stop: at most {MAX_STOPS} strings, got {len(stops)}")
+        if any(s == "" for s in stops):
+            raise ValueError("stop: a stop string must not be empty")
+        if self.logit_bias:
+            raise ValueError("logit_bias is not supported")
+        for name in ("frequency_penalty", "presence_penalty"):
+            if getattr(self, name):
+                raise ValueError(f"{name} is not supported: leave it at 0 (repetition_penalty is)")
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options: only allowed with stream = true")
+        return self
+
+    def stops(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class CompletionRequest(_Common):
+    prompt: StrictStr | list[StrictStr]
+    max_tokens: Tokens | None = 16  # OpenAI's default; null = the rest of the context
+    echo: StrictBool = False
+    logprobs: Literal[None] = None  # not implemented
+    best_of: StrictInt | None = None
+    suffix: Literal[None] = None
+
+    @model_validator(mode="after")
+    def _check(self):
+        if isinstance(self.prompt, list) and not self.prompt:
+            raise ValueError("prompt: give a string or a non-empty list of strings")
+        if self.best_of is not None and self.best_of != self.n:
+            raise ValueError("best_of: only best_of = n is supported")
+        return self
+
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: StrictStr
+    content: StrictStr | list[dict[str, Any]] | None = None
+    name: StrictStr | None = None
+
+
+class ChatRequest(_Common):
+    messages: list[ChatMessage]
+    max_tokens: Tokens | None = None  # default: the rest of the context
+    max_completion_tokens: Tokens | None = None  # OpenAI's newer name for max_tokens
+    logprobs: Literal[None, False] = None
+    top_logprobs: Literal[None] = None
+    tools: list | None = None
+    response_format: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _check(self):
+        if not self.messages:
+            raise ValueError("messages: give at least one message")
+        if self.tools:
+            raise ValueError("tools are not supported")
+        if self.response_format and self.response_format.get("type") not in ("text", None):
+            raise ValueError("response_format: only text is supported")
+        return self
+
+    def budget(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+# --------------------------------------------------------------------------------------------- responses
+
+
+FINISH = {"eot": "stop", "stop": "stop", "length": "length"}
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def completion_choice(index: int, text: str, finish: str | None) -> dict:
+    return {"index": index, "text": text, "logprobs": None, "finish_reason": FINISH.get(finish) if finish else None}
+
+
+def chat_choice(index: int, text: str, finish: str | None) -> dict:
+    return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": None,
+            "finish_reason": FINISH.get(finish) if finish else None}
+
+
+def chat_delta(index: int, delta: dict, finish: str | None) -> dict:
+    return {"index": index, "delta": delta, "logprobs": None, "finish_reason": FINISH.get(finish) if finish else None}
+
+
+def error_param(loc: tuple) -> str | None:
+    """The request field a pydantic error location names ('body', 'messages', 0, 'role' -> 'messages.0.role')."""
+    parts = [str(p) for p in loc if p != "body"]
+    return ".".join(parts) or None
