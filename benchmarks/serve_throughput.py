@@ -1,0 +1,162 @@
+"""`homegpt serve` under load: aggregate generated tokens/s at 1, 4 and 16 concurrent streaming clients, and
+time to first token, against one server process on this machine.
+
+    python benchmarks/serve_throughput.py [--json] [--seconds 12] [--max-tokens 100] [--threads N]
+
+The model is made here, not downloaded: a randomly initialised homegpt GPT of the `cpu-small` preset (modern
+architecture, 4 layers, 4 heads, 128 wide, 128-token context, vocabulary 2048) with a byte-level BPE
+tokenizer trained on seeded pseudo-words (as benchmarks/sample_throughput.py does), saved as a run. Speed
+does not depend on what the weights learned. The server is `python -m homegpt serve RUN --max-batch 16` on a
+loopback port; the clients are the official `openai` client (AsyncOpenAI, one process, one event loop)
+sending streamed completions back to back for --seconds per concurrency level: homegpt's default sampling
+(temperature 0.8, top-k 50), `ignore_eos` so every request generates exactly --max-tokens tokens, distinct
+prompts and seeds. Clients and server share the machine's cores, as they would on a laptop.
+
+Measured per level: tokens/s = completion tokens of the requests finished / wall time from the first request
+to the last one finishing; time to first token = request sent -> first streamed text. scaling_16 =
+tokens_per_s_16 / tokens_per_s_1. Targets (issue 12): scaling_16 >= 5 and ttft_p50_16_s <= 1. With --json
+the last stdout line is one JSON object (tokens_per_s_1, tokens_per_s_4, tokens_per_s_16, scaling_4,
+scaling_16, ttft_p50_1_s, ttft_p50_4_s, ttft_p50_16_s, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+LEVELS = (1, 4, 16)
+WORDS = ["the", "king", "said", "unto", "them", "and", "it", "came", "to", "pass", "in", "those", "days"]
+
+
+def build_run(work: Path) -> Path:
+    import torch
+    from sample_throughput import pseudo_text
+
+    from homegpt.export import write_run
+    from homegpt.model import GPT, PRESETS, GPTConfig
+    from homegpt.sources import Corpus
+    from homegpt.tokenizer import train_tokenizer_on
+
+    cfg = GPTConfig(**{**PRESETS["cpu-small"], "arch": "modern"})
+    tok = train_tokenizer_on(Corpus("pseudo-words", pseudo_text(), []), cfg.vocab_size)
+    run = work / "cpu-small"
+    run.mkdir()
+    tok.save(str(run / "tokenizer.json"))
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    tied = {"lm_head.weight"} if cfg.tie_embeddings else set()
+    write_run(run, cfg, {k: v.contiguous() for k, v in model.state_dict().items() if k not in tied})
+    return run
+
+
+def start_server(run: Path, log: Path, threads: int | None) -> tuple[subprocess.Popen, str]:
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    proc = subprocess.Popen([sys.executable, "-m", "homegpt", "serve", str(run), "--port", "0", "--device", "cpu",
+                             "--max-batch", "16"], stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+    deadline = time.time() + 120
+    while not (m := re.search(r"at (http://127\.0\.0\.1:\d+)/", log.read_text())):
+        if proc.poll() is not None or time.time() > deadline:
+            raise SystemExit(f"the server did not start:\n{log.read_text()}")
+        time.sleep(0.1)
+    url = m.group(1)
+    while True:
+        try:
+            urllib.request.urlopen(url + "/health", timeout=5).read()
+            return proc, url
+        except OSError:
+            time.sleep(0.1)
+
+
+async def one_request(client, i: int, max_tokens: int) -> tuple[float, int]:
+    """(seconds to the first text, completion tokens) of one streamed completion."""
+    prompt = " ".join(WORDS[(i + j) % len(WORDS)] for j in range(6))
+    t0 = time.perf_counter()
+    first, tokens = None, 0
+    stream = await client.completions.create(model="cpu-small", prompt=prompt, max_tokens=max_tokens, stream=True,
+                                             temperature=0.8, seed=i, stream_options={"include_usage": True},
+                                             extra_body={"top_k": 50, "ignore_eos": True})
+    async for chunk in stream:
+        if first is None and chunk.choices and chunk.choices[0].text:
+            first = time.perf_counter() - t0
+        if chunk.usage:
+            tokens = chunk.usage.completion_tokens
+    return (first if first is not None else time.perf_counter() - t0), tokens
+
+
+async def level(url: str, clients: int, seconds: float, max_tokens: int) -> dict:
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=600)
+    counter = iter(range(10**9))
+    results: list[tuple[float, int]] = []
+    start = time.perf_counter()
+
+    async def worker() -> None:
+        while time.perf_counter() - start < seconds:
+            results.append(await one_request(client, next(counter), max_tokens))
+
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    wall = time.perf_counter() - start
+    await client.close()
+    tokens = sum(t for _, t in results)
+    return {"clients": clients, "requests": len(results), "tokens": tokens, "seconds": round(wall, 2),
+            "tokens_per_s": tokens / wall, "ttft_p50_s": statistics.median(f for f, _ in results)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--seconds", type=float, default=12.0, help="load time per concurrency level (default 12)")
+    ap.add_argument("--max-tokens", type=int, default=100, help="tokens per request (default 100)")
+    ap.add_argument("--threads", type=int, default=None, help="the server's OMP_NUM_THREADS (default: torch's)")
+    args = ap.parse_args(argv)
+    log = (lambda m: print(m, file=sys.stderr)) if args.json else print
+    with tempfile.TemporaryDirectory() as tmp:
+        run = build_run(Path(tmp))
+        proc, url = start_server(run, Path(tmp) / "server.log", args.threads)
+        try:
+            asyncio.run(level(url, 2, 2.0, args.max_tokens))  # warm-up: allocators, first-request costs
+            levels = {}
+            for c in LEVELS:
+                levels[c] = asyncio.run(level(url, c, args.seconds, args.max_tokens))
+                r = levels[c]
+                log(f"{c:>2} clients: {r['tokens_per_s']:7.1f} tokens/s aggregate ({r['requests']} requests, "
+                    f"{r['seconds']} s), time to first token p50 {r['ttft_p50_s'] * 1000:.0f} ms")
+            health = json.loads(urllib.request.urlopen(url + "/health", timeout=10).read())
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    base = levels[1]["tokens_per_s"]
+    result = {f"tokens_per_s_{c}": round(levels[c]["tokens_per_s"], 1) for c in LEVELS}
+    result.update({f"scaling_{c}": round(levels[c]["tokens_per_s"] / base, 2) for c in LEVELS if c > 1})
+    result.update({f"ttft_p50_{c}_s": round(levels[c]["ttft_p50_s"], 3) for c in LEVELS})
+    result.update(levels={str(c): levels[c] for c in LEVELS}, peak_running=health["peak_running"],
+                  max_tokens=args.max_tokens, seconds_per_level=args.seconds, server_threads=args.threads,
+                  model="cpu-small (modern, random weights)", cpu=platform.processor() or platform.machine(),
+                  cores=os.cpu_count(), load_avg_1m=round(os.getloadavg()[0], 2),
+                  targets={"scaling_16": 5.0, "ttft_p50_16_s": 1.0},
+                  meets_targets=result["scaling_16"] >= 5.0 and result["ttft_p50_16_s"] <= 1.0)
+    log(f"16 clients / 1 client: {result['scaling_16']:.2f}x (target >= 5x); time to first token p50 at 16 "
+        f"clients: {result['ttft_p50_16_s']:.3f} s (target <= 1 s)")
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
