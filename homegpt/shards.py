@@ -4,8 +4,10 @@
     val-00000.bin, ...                      each shard holds exactly shard_tokens ids, except the last
 
 A shard is written as NAME.tmp and renamed only when complete. The manifest lists every shard with its
-token count and SHA-256; opening a split checks every shard's size, and `verify` (homegpt prepare --verify)
-re-hashes them. Older prepared folders with one train.bin / val.bin (manifest version 1) still open.
+token count and SHA-256; opening a split checks every shard's size, `check_split` (what training and
+evaluation run before they start) also reads every shard once for ids beyond the vocabulary and its
+SHA-256, and `verify` (homegpt prepare --verify) re-hashes them. Older prepared folders with one train.bin /
+val.bin (manifest version 1) still open.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import hashlib
 import json
 import os
 import re
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +26,8 @@ import numpy as np
 from homegpt.errors import UserError
 
 HASH_BLOCK = 1 << 20
+SCAN_BLOCK = 1 << 24  # bytes read at a time when checking a shard's ids and hash (a multiple of 4)
+SCAN_THREADS = 4  # shards checked at once: hashing releases the GIL, so the cores share the work
 
 
 def shard_name(split: str, index: int) -> str:
@@ -248,6 +254,57 @@ def check_shard(path: Path, shard: dict, dtype: np.dtype, verify: bool) -> None:
                         f"({shard['tokens']:,} tokens): prepare again")
     if verify and "sha256" in shard and file_sha256(path) != shard["sha256"]:
         raise UserError(f"{path} is corrupted: its SHA-256 differs from the manifest's: prepare again with --force")
+
+
+def scan_shard(path: Path, shard: dict, dtype: np.dtype, vocab_size: int, checksum: bool = True) -> int:
+    """Check one shard in a single read: its size, every token id below vocab_size and (checksum=True) its
+    SHA-256 against the manifest. Returns the bytes read; a UserError names the file and what is wrong."""
+    check_shard(path, shard, dtype, verify=False)
+    digest = hashlib.sha256() if checksum and "sha256" in shard else None
+    buf, seen, total = bytearray(SCAN_BLOCK), 0, 0
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            view = memoryview(buf)[:n]
+            if digest is not None:
+                digest.update(view)
+            ids = np.frombuffer(view, dtype=dtype)
+            if len(ids) and int(ids.max()) >= vocab_size:
+                at = int(np.argmax(ids >= vocab_size))
+                raise UserError(f"{path} holds token id {int(ids[at]):,} at token {seen + at:,}, beyond the "
+                                f"{vocab_size:,}-token vocabulary of its tokenizer.json: the shard is corrupted or "
+                                f"was written with another tokenizer: prepare again with --force")
+            seen, total = seen + len(ids), total + n
+    if digest is not None and digest.hexdigest() != shard["sha256"]:
+        raise UserError(f"{path} is corrupted or comes from another preparation: its SHA-256 differs from the "
+                        f"manifest's: prepare again with --force")
+    return total
+
+
+def check_split(data_dir: str | Path, split: str, manifest: dict | None = None, checksums: bool = True) -> dict:
+    """Every shard of a split checked before use (scan_shard): sizes, ids and checksums, a few shards at once.
+    Returns {"shards", "bytes", "seconds"}; the first bad shard (in manifest order) raises its UserError."""
+    d = Path(data_dir)
+    manifest = manifest or read_manifest(d)
+    dtype = np.dtype(manifest["dtype"])
+    vocab = int(manifest.get("vocab_size") or manifest["model_vocab_size"])
+    shards = split_shards(manifest["splits"][split])
+    for shard in shards:  # sizes first: a missing or truncated shard is named before anything is read
+        check_shard(d / shard["file"], shard, dtype, verify=False)
+    t0 = time.perf_counter()
+    pool = ThreadPoolExecutor(min(SCAN_THREADS, max(1, len(shards))))
+    try:
+        jobs = [pool.submit(scan_shard, d / s["file"], s, dtype, vocab, checksums) for s in shards]
+        read = sum(job.result() for job in jobs)
+    finally:
+        pool.shutdown(cancel_futures=True)  # a bad shard: the ones not yet started are not read
+    return {"shards": len(shards), "bytes": read, "seconds": time.perf_counter() - t0}
+
+
+def check_prepared(data_dir: str | Path, manifest: dict | None = None) -> dict:
+    """Both splits checked (check_split), as training does at every start: about 2-5 s per billion tokens
+    on 2 CPU cores (benchmarks/shard_check.py, docs/data.md)."""
+    train, val = (check_split(data_dir, split, manifest) for split in ("train", "val"))
+    return {k: train[k] + val[k] for k in ("shards", "bytes", "seconds")}
 
 
 def verify(data_dir: str | Path) -> dict:

@@ -60,6 +60,7 @@ from homegpt.meter import Meter, peak_flops
 from homegpt.model import GPT, GPTConfig, count_params, flops_per_token
 from homegpt.optim import apply_schedule, decay_start, make_optimizer, parts
 from homegpt.prepare import open_split, read_manifest
+from homegpt.shards import check_prepared
 from homegpt.tokenizer import EOT, load_tokenizer, token_byte_lengths
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "stopped on a signal, checkpoint written; rerun with --resume"
@@ -144,6 +145,7 @@ def train(
     out = Path(out_dir)
     cfg = cfg.resolved(arch=_previous_arch(out) if resume else None)  # every "auto" made concrete
     manifest, mcfg = resolve(cfg)
+    checked = check_prepared(cfg.data_dir, manifest)  # every shard, before anything of the run is written
     resume_from = _prepare_run_dir(out, resume, force) if main_rank else None
     if resume_from is not None and _model_of(_read_run_info(out)) != mcfg.to_dict():
         raise UserError(f"{out} was trained with another model shape or tokenizer: "
@@ -172,6 +174,9 @@ def train(
     optimizer = make_optimizer(model, cfg, device)  # after sharding: it must hold the sharded parameters
     if main_rank and not cfg.micro_batch:
         log(f"micro_batch = {micro} (chosen automatically for {device})")
+    if main_rank:
+        log(f"data: {checked['shards']} shards, {checked['bytes'] / 1e9:.2f} GB checked (sizes, token ids, SHA-256) "
+            f"in {checked['seconds']:.1f} s")
     eval_batch = max(micro, 8)  # no gradients to hold: evaluation can batch wider than training
     tokens_per_micro = micro * mcfg.block_size
     accum = max(1, round(cfg.batch_tokens / (tokens_per_micro * world)))
