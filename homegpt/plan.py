@@ -371,19 +371,26 @@ def count_data(spec: str, tokenizer: str | None = None, bytes_per_token: float =
         return {"tokens": train["tokens"], "bytes": train.get("bytes"), "vocab_size": m["model_vocab_size"],
                 "bytes_per_token": train["bytes"] / train["tokens"] if train.get("bytes") else None,
                 "how": f"counted in {path}/manifest.json"}
-    from homegpt.sources import load_corpus
+    from homegpt.sources import count_text
 
-    corpus = load_corpus(spec)
-    nbytes = corpus.nbytes("train")
-    if tokenizer is None:
+    if tokenizer is None:  # streamed: a big source is never held whole
+        nbytes = _training_bytes(spec, count_text(spec)["train_bytes"])
         return {"tokens": int(nbytes / bytes_per_token), "bytes": nbytes, "vocab_size": None,
                 "bytes_per_token": None, "how": f"estimated from {nbytes:,} bytes at {bytes_per_token} bytes/token"}
+    from homegpt.textscore import count_tokens
     from homegpt.tokenizer import load_tokenizer, round_vocab
 
     tok = load_tokenizer(tokenizer)
-    tokens = sum(len(e.ids) + 1 for e in tok.encode_batch(corpus.train))  # + <|endoftext|> per document
+    counts = count_tokens(spec, tok, split="train")  # + <|endoftext|> per document, as prepare packs them
+    nbytes, tokens = _training_bytes(spec, counts["bytes"]), counts["tokens"]
     return {"tokens": tokens, "bytes": nbytes, "vocab_size": round_vocab(tok.get_vocab_size()),
             "bytes_per_token": nbytes / tokens, "how": f"counted with {tokenizer}"}
+
+
+def _training_bytes(spec: str, nbytes: int) -> int:
+    if nbytes == 0:
+        raise UserError(f"source {spec!r} holds no training text: the corpus is empty")
+    return nbytes
 
 
 def write_config(result: dict, path: str | Path, data_dir: str | None = None) -> Path:

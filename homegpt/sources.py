@@ -119,6 +119,22 @@ def as_source(source: str | Source) -> Source:
     return source if isinstance(source, Source) else parse_source(source)
 
 
+def same_source(a: str | Source, b: str | Source) -> bool:
+    """Whether two source strings name the same text: the same canonical spec, or file: sources with the
+    same options whose paths resolve to the same files (file:data and file:./data/ are one source)."""
+    if not a or not b:
+        return False
+    sa, sb = as_source(a), as_source(b)
+    if sa.spec == sb.spec:
+        return True
+    if sa.kind != "file" or sb.kind != "file" or sa.options != sb.options:
+        return False
+    try:
+        return sorted(p.resolve() for p in expand(sa.target)) == sorted(p.resolve() for p in expand(sb.target))
+    except UserError:  # one of them no longer exists here
+        return False
+
+
 def fingerprint(source: str | Source) -> list:
     """What identifies the input: local files' names, sizes and modification times (for safe resuming)."""
     src = as_source(source)
