@@ -29,7 +29,7 @@ import torch
 
 from homegpt.errors import UserError
 from homegpt.kvcache import KVCache
-from homegpt.model import GPT, sample_next
+from homegpt.model import GPT, draw, sampling_probs
 
 
 @dataclass(frozen=True)
@@ -157,23 +157,25 @@ class Engine:
         self.cache.clear(last)
 
     def _pick(self, rows: list[Sequence], logits: torch.Tensor) -> list[int]:
-        """Each row's next token from its (vocab,) logits, with its own settings and generator."""
+        """Each row's next token from its (vocab,) logits, with its own settings and generator: greedy rows by
+        one argmax, sampled rows filtered together (model.sampling_probs) and drawn with one uniform number
+        from each row's generator."""
         logits = logits.float()
         if self.vocab_limit is not None and self.vocab_limit < logits.size(-1):
             logits[:, self.vocab_limit:] = float("-inf")
-        greedy = None
-        out = []
         for b, row in enumerate(rows):
-            s, row_logits = row.sampling, logits[b : b + 1]
             if row.seen is not None:
-                row_logits = apply_repetition_penalty(row_logits, row.seen, s.repetition_penalty)
-            if row.generator is None and row.seen is None:  # plain greedy rows share one argmax
-                greedy = logits.argmax(dim=-1).tolist() if greedy is None else greedy
-                out.append(greedy[b])
-            elif row.generator is None:
-                out.append(int(row_logits.argmax(dim=-1)))
-            else:
-                out.append(int(sample_next(row_logits, s.temperature, s.top_k, s.top_p, row.generator)))
+                penalty = row.sampling.repetition_penalty
+                logits[b : b + 1] = apply_repetition_penalty(logits[b : b + 1], row.seen, penalty)
+        out = logits.argmax(dim=-1).tolist()
+        sampled = [b for b, row in enumerate(rows) if row.generator is not None]
+        if sampled:
+            s = [rows[b].sampling for b in sampled]
+            probs = sampling_probs(logits[sampled], [x.temperature for x in s], [x.top_k or 0 for x in s],
+                                   [x.top_p or 1.0 for x in s])
+            u = torch.cat([torch.rand(1, 1, generator=rows[b].generator, device=self.device) for b in sampled])
+            for b, token in zip(sampled, draw(probs, u)[:, 0].tolist(), strict=True):
+                out[b] = token
         return out
 
 

@@ -431,15 +431,38 @@ def sample_next(
     """Pick the next token from (B, vocab) logits: greedy, or sampled after top-k / nucleus filtering."""
     if temperature <= 0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / temperature
-    if top_k is not None and top_k > 0:
-        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+    b = logits.size(0)
+    probs = sampling_probs(logits, [temperature] * b, [top_k or 0] * b, [top_p or 1.0] * b)
+    return draw(probs, torch.rand(b, 1, generator=generator, device=logits.device))
+
+
+def sampling_probs(logits: torch.Tensor, temperature: list[float], top_k: list[int],
+                   top_p: list[float]) -> torch.Tensor:
+    """Each row's sampling distribution (B, vocab): its logits / its temperature (> 0), its top_k likeliest
+    tokens (0 = all), then the smallest set of those whose probability reaches its top_p (1 = all).
+
+    Every operation works row by row, so a row's distribution is the same in any batch: rows with different
+    settings are filtered together, in one pass (the engine samples all its rows at once this way)."""
+    dev, vocab = logits.device, logits.size(-1)
+    logits = logits / torch.tensor(temperature, dtype=logits.dtype, device=dev)[:, None]
+    ks = [min(k, vocab) if k and k > 0 else vocab for k in top_k]
+    if min(ks) < vocab:
+        kth = torch.topk(logits, max(ks)).values.gather(1, torch.tensor(ks, device=dev)[:, None] - 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and 0.0 < top_p < 1.0:
+    if any(0.0 < p < 1.0 for p in top_p):
+        limit = torch.tensor([p if 0.0 < p < 1.0 else 2.0 for p in top_p], device=dev)[:, None]  # 2: keep all
         sorted_logits, order = torch.sort(logits, descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest set whose mass reaches top_p
+        p = sorted_logits.softmax(-1)
+        drop = p.cumsum(-1) - p > limit  # keep the smallest set whose mass reaches top_p
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator)
+    return logits.softmax(-1)
+
+
+def draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF sampling: row b takes the token where its cumulative probability passes u[b] (B, 1) in [0, 1).
+
+    One uniform number per row, from the row's own generator, makes the draw independent of the batch; a token
+    of probability zero is never taken (the cumulative sum does not rise there)."""
+    cdf = probs.cumsum(-1)
+    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=probs.size(-1) - 1)

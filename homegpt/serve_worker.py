@@ -4,7 +4,8 @@ Requests arrive on the event loop, are turned into rows (one per prompt and choi
 thread runs the scheduler whenever a row is waiting or running: waiting rows join the running batch at the
 next step while slots are free (up to --max-batch), finished rows leave. Each picked token goes through the
 row's sample.TextStream (stop strings, end of text, incremental decoding) and whatever text is now certain
-is put on the request's queue with loop.call_soon_threadsafe. A request whose client went away is cancelled:
+is put on the request's queue: one loop.call_soon_threadsafe per step for all rows' events, not one per
+token, so the event loop wakes once per step however many rows run. A request whose client went away is cancelled:
 its rows leave the batch at the next step. More waiting rows than --max-queue: `Overloaded` (HTTP 503).
 """
 
@@ -76,6 +77,7 @@ class Worker:
         self.stopping = False
         self.thread = threading.Thread(target=self._loop, name="homegpt-engine", daemon=True)
         self.stats = {"requests": 0, "cancelled": 0, "tokens": 0, "errors": 0}
+        self._outbox: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue, Event]] = []  # this step's events
 
     # ------------------------------------------------------------------ event-loop side
 
@@ -96,7 +98,7 @@ class Worker:
         stream = TextStream(self.tokenizer, row.stop, row.end_ids)
 
         def send(finish: str | None, text: str = "") -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, Event(row.index, text, finish, len(stream.tokens)))
+            self._outbox.append((loop, queue, Event(row.index, text, finish, len(stream.tokens))))
 
         seq = _Row(row.ids, row.sampling, row.max_new_tokens, penalty_skip=row.penalty_skip,
                    fail=lambda: send("error"))
@@ -148,6 +150,24 @@ class Worker:
                     self.stats["errors"] += 1
                     for seq in self.scheduler.abort():
                         seq.fail()
+                self._flush()
+
+    def _flush(self) -> None:
+        """Hand this step's events to their event loops, one wake-up per loop."""
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for loop, queue, event in self._outbox:
+            by_loop.setdefault(loop, []).append((queue, event))
+        self._outbox = []
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # the loop has closed: the server is shutting down
+                pass
+
+
+def _deliver(items: list[tuple[asyncio.Queue, Event]]) -> None:
+    for queue, event in items:
+        queue.put_nowait(event)
 
 
 class _Row(Sequence):
