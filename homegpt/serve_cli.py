@@ -40,13 +40,25 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def needs(*modules: str) -> None:
+    """A one-line error naming the extra to install when a serving dependency is missing."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"homegpt serve needs {', '.join(missing)}: pip install 'homegpt[serve]'")
+
+
 def cmd_serve(args) -> int:
     from homegpt.served import load_served
 
     _positive("--max-batch", args.max_batch)
     _positive("--max-queue", args.max_queue)
+    needs("fastapi", "uvicorn")
     api_key = args.api_key or os.environ.get("HOMEGPT_API_KEY") or None
     served = load_served(args.model, step=args.step, device=args.device, name=args.name)
+    if served.chat.template is not None:
+        needs("jinja2")  # to render the model's chat template
     sock = bind(args.host, args.port)
 
     import uvicorn

@@ -272,6 +272,23 @@ def test_an_export_folder_serves_what_its_run_samples(export_server, gpt2, capsy
         assert got.choices[0].text == expected and len(expected) > 0
 
 
+def test_a_qwen3_export_loads_into_memory_as_its_run(trained_run, tmp_path):
+    """The modern run's export (Qwen3ForCausalLM) is what a server loads: the same weights, the same text."""
+    from homegpt.checkpoint import load_run
+    from homegpt.export import export_run
+    from homegpt.sample import SampleOptions, generate
+    from homegpt.served import load_served
+
+    export_run(trained_run[0], tmp_path / "qwen3", samples=[])
+    served, run = load_served(tmp_path / "qwen3", device="cpu"), load_run(trained_run[0], device="cpu")
+    assert served.source == "Qwen3ForCausalLM" and served.name == "qwen3" and served.chat.kind == "plain"
+    assert served.model.config == run.model.config
+    opts = SampleOptions(max_new_tokens=20, temperature=0.9, top_k=40, seed=3)
+    prompts = ["The king", "In the beginning"]
+    assert [c.tokens for c in generate(served.model, served.tokenizer, prompts, opts)] == \
+        [c.tokens for c in generate(run.model, run.tokenizer, prompts, opts)]
+
+
 def test_a_chat_template_renders_as_transformers_does(export_server, gpt2):
     from transformers import AutoTokenizer
 
@@ -289,6 +306,33 @@ def test_a_chat_template_renders_as_transformers_does(export_server, gpt2):
     plain = client.completions.create(model="gpt2-export", prompt=theirs.removeprefix("<|endoftext|>"),
                                       max_tokens=25, temperature=0)
     assert chat.choices[0].message.content == plain.choices[0].text
+
+
+def test_chat_formats_read_from_a_folder(tmp_path):
+    from homegpt.chat import ChatFormat, load_chat_format
+    from homegpt.errors import UserError
+
+    msgs = [{"role": "developer", "content": [{"type": "text", "text": "Be "}, {"type": "text", "text": "kind."}]},
+            {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+            {"role": "user", "content": "Bye"}]
+    plain = ChatFormat().render(msgs)
+    assert plain.text == "Be kind.\n\nUser: Hi\nAssistant: Hello.\nUser: Bye\nAssistant:"
+    assert plain.start_marker and plain.stop == ("\nUser:",)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({
+        "eos_token": {"content": "<|im_end|>"}, "chat_template": [
+            {"name": "tool_use", "template": "tools"},
+            {"name": "default", "template": "{% for m in messages %}{% if m.role == 'assistant' %}"
+                                            "{{ raise_exception('no assistant turns') }}{% endif %}"
+                                            "[{{ m.content }}]{% endfor %}{{ eos_token }}"}]}))
+    fmt = load_chat_format(tmp_path)
+    prompt = fmt.render(msgs[:2])
+    assert (prompt.text, prompt.start_marker, prompt.end_tokens) == ("[Be kind.][Hi]<|im_end|>", False, ("<|im_end|>",))
+    with pytest.raises(UserError, match="no assistant turns"):
+        fmt.render(msgs)
+    with pytest.raises(UserError, match="role"):
+        fmt.render([{"role": "tool", "content": "x"}])
+    (tmp_path / "chat_template.jinja").write_text("{{ messages | length }}")  # the file wins, as in transformers
+    assert load_chat_format(tmp_path).render(msgs).text == "4"
 
 
 def test_cors_only_when_asked(export_server, run_server):
