@@ -155,12 +155,7 @@ def export_run(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        _write_json(tmp / "config.json", config)
-        _write_json(tmp / "generation_config.json", generation_config(eot_id))
-        shutil.copyfile(run_path / "tokenizer.json", tmp / "tokenizer.json")
-        for name, content in tokenizer_files(eot_id, cfg.block_size).items():
-            _write_json(tmp / name, content)
+        write_model_files(tmp, config, weights, run_path / "tokenizer.json", eot_id, cfg.block_size)
         _write_json(tmp / META_FILE, meta)
         (tmp / "README.md").write_text(card, encoding="utf-8")
         if (run_path / "loss.png").is_file():
@@ -171,6 +166,29 @@ def export_run(
     files = sorted(p.name for p in out.iterdir() if p.name in EXPORT_FILES)
     return {"out_dir": str(out), "step": run.step, "files": files, "params": count_params(cfg)["total"],
             "vocab_size": cfg.vocab_size, "block_size": cfg.block_size, "architecture": HF_CLASS[cfg.arch]}
+
+
+def write_model_files(dest: Path, config: dict, weights: dict[str, torch.Tensor], tokenizer_json: Path, eot_id: int,
+                      block_size: int) -> None:
+    """What `from_pretrained` reads: config, weights, generation config and the fast tokenizer's files."""
+    save_file(weights, str(dest / "model.safetensors"), metadata={"format": "pt"})
+    _write_json(dest / "config.json", config)
+    _write_json(dest / "generation_config.json", generation_config(eot_id))
+    shutil.copyfile(tokenizer_json, dest / "tokenizer.json")
+    for name, content in tokenizer_files(eot_id, block_size).items():
+        _write_json(dest / name, content)
+
+
+def write_transformers_model(run, dest: str | Path) -> Path:
+    """A loaded run's weights as a bare transformers folder (no card, no provenance): what tasks.py evaluates."""
+    from homegpt.checkpoint import model_state
+
+    dest = Path(dest)
+    eot_id = run.tokenizer.token_to_id(EOT)
+    config, weights = to_hf(run.model.config, model_state(run.model), eot_id)
+    dest.mkdir(parents=True, exist_ok=True)
+    write_model_files(dest, config, weights, run.path / "tokenizer.json", eot_id, run.model.config.block_size)
+    return dest
 
 
 def checkpoint_eval(run, eval_info: dict | None) -> dict | None:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from homegpt.errors import UserError
-from homegpt.sources import cut_pieces, iter_assigned
+from homegpt.sources import cut_pieces, is_empty, iter_assigned, iter_documents
 
 ENCODE_CHARS = 1 << 20  # characters encoded per encode_batch call
 IGNORE = -100  # F.cross_entropy's ignore_index: padded targets add nothing
@@ -67,9 +67,10 @@ SCOPES = {"whole": None, "held-out": "val"}  # which documents: every one, or th
 def source_pieces(source: str, split: str | None = None, seed: int = 0) -> Iterator[tuple[str, bool, bool]]:
     """(text, first, last) pieces of the source's documents in corpus order: every document (split None) or
     one split's ("train" or "val", as `homegpt prepare --seed seed` assigns them)."""
-    for s, doc in iter_assigned(source, seed):
-        if split is not None and s != split:
-            continue
+    # whole: the documents as they are (a source of under 20 documents is split inside each one, see sources.py)
+    docs = ((None, d) for d in iter_documents(source) if not is_empty(d)) if split is None else (
+        (s, d) for s, d in iter_assigned(source, seed) if s == split)
+    for _, doc in docs:
         for k, (text, last) in enumerate(cut_pieces(doc)):
             yield text, k == 0, last
 
