@@ -245,7 +245,8 @@ async def _next_events(gen: Generation, request: Request) -> list[Event] | None:
     """The request's next events, or None once its client has gone away."""
     while True:
         try:
-            return await asyncio.wait_for(gen.events(), DISCONNECT_POLL_S)
+            async with asyncio.timeout(DISCONNECT_POLL_S):
+                return await gen.events()
         except TimeoutError:
             if await request.is_disconnected():
                 return None
