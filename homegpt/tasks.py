@@ -187,9 +187,9 @@ def format_table(report: dict) -> list[str]:
     """The report as aligned text lines: task, metric, value ± stderr, reference."""
     lines = [f"{'task':<22} {'metric':<16} {'value':>20}   reference (zero-shot)"]
     for r in report["results"]:
-        lines.append(f"{r['task']:<22} {r['metric']:<16} {_value(r['metric'], r['value'], r['stderr']):>20}   "
-                     + (f"{_value(r['metric'], r['reference']['value'], None)} {r['reference']['model']}"
-                        if r["reference"] else ""))
+        lines.append((f"{r['task']:<22} {r['metric']:<16} {_value(r['metric'], r['value'], r['stderr']):>20}   "
+                      + (f"{_value(r['metric'], r['reference']['value'], None)} {r['reference']['model']}"
+                         if r["reference"] else "")).rstrip())
     notes = []
     if report["limit"]:
         notes.append(f"--limit {report['limit']}: a subset, not comparable with the references")
