@@ -133,6 +133,8 @@ def cmd_eval(args) -> int:
         return 0
     from homegpt.evaluate import evaluate_run
 
+    if args.num_fewshot is not None or args.limit is not None or args.include_path is not None:
+        raise UserError("--num-fewshot, --limit and --include-path go with --tasks")
     data = source_spec(args.data, args.hf_config, args.split, args.text_column, args.revision) if args.data else None
     r = evaluate_run(args.run, data, args.batch_size, args.device, args.step, args.scope, progress=True)
     lines = [r["scored"],

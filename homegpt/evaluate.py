@@ -86,6 +86,8 @@ def evaluate_run(run_dir: str | Path, source: str | None = None, batch_size: int
 
     if scope not in (None, *SCOPES):
         raise ValueError(f"unknown scope {scope!r}")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     run = load_run(run_dir, device=device, step=step)
     spec = source or run.data_source
     if not spec:

@@ -166,7 +166,9 @@ def test_bad_task_options_are_one_line_errors(trained_run, tmp_path, capsys):
     for args, expect in ((["--tasks", "x", "--include-path", str(tmp_path / "nope")], "not a folder"),
                          (["--tasks", ",", ], "at least one task"),
                          (["--tasks", "x", "--whole"], "leave out --data"),
-                         (["--tasks", "x", "--limit", "0"], "--limit must be at least 1")):
+                         (["--tasks", "x", "--limit", "0"], "--limit must be at least 1"),
+                         (["--limit", "5"], "go with --tasks"),
+                         (["--batch-size", "0"], "--batch-size must be at least 1")):
         assert main(["eval", run, *args]) == 2, args
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and expect in err, (args, err)
