@@ -28,6 +28,8 @@ import torch
 
 from homegpt.cli import main
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # in-process sampling of tiny models: see conftest
+
 KEY = "test-key"
 TEMPLATE = ("{{ bos_token }}{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>\n"
             "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}")
