@@ -35,7 +35,7 @@ import torch
 from homegpt.errors import UserError
 from homegpt.sources import cut_pieces, is_empty, iter_assigned, iter_documents
 
-ENCODE_CHARS = 1 << 20  # characters encoded per encode_batch call
+ENCODE_CHARS = 1 << 18  # characters per encode_batch call: what memory holds of the text at once
 IGNORE = -100  # F.cross_entropy's ignore_index: padded targets add nothing
 
 
@@ -104,38 +104,41 @@ def document_windows(pieces: Iterable[Piece], block: int, eot: int, tally: Tally
     """Windows that predict every token of each document once, from <|endoftext|> on, as lm-eval's
     loglikelihood_rolling does: consecutive windows of the context, the last one of a long document
     right-aligned (the tokens it predicts see a whole context); counts documents into `tally`."""
-    buf: list[int] = []
-    last: list[int] | None = None  # the document's previous window
+    buf = np.empty(0, dtype=np.int64)
+    last: np.ndarray | None = None  # the document's previous window
     for piece in pieces:
         if piece.first:
-            buf, last = [eot], None
-        buf.extend(piece.ids)
-        while len(buf) >= block + 1:
-            last = buf[: block + 1]
-            yield np.asarray(last, dtype=np.int64), block
-            buf = buf[block:]
+            buf, last = np.asarray([eot], dtype=np.int64), None
+        buf = np.concatenate([buf, np.asarray(piece.ids, dtype=np.int64)])
+        pos = 0  # buf[pos] is the next window's first input: the last token the previous window predicted
+        while len(buf) - pos >= block + 1:
+            last = buf[pos : pos + block + 1]
+            yield last, block
+            pos += block
+        buf = buf[pos:]
         if piece.last:
             tally.documents += 1
-            if len(buf) > 1:  # buf[0] is the previous window's last token: the two are one sequence
-                tail = (last + buf[1:])[-(block + 1):] if last is not None else buf
-                yield np.asarray(tail, dtype=np.int64), len(buf) - 1
-            buf = []
+            if len(buf) > 1:  # buf[0] ends the previous window: together they are one stretch of the document
+                tail = np.concatenate([last, buf[1:]])[-(block + 1):] if last is not None else buf
+                yield tail, len(buf) - 1
+            buf = np.empty(0, dtype=np.int64)
 
 
 def stream_windows(pieces: Iterable[Piece], block: int, eot: int, tally: Tally) -> Iterator[Window]:
     """The documents joined as prepare packs them (each followed by <|endoftext|>), in the windows
     evaluate_tokens cuts: non-overlapping, every token after the first predicted once."""
-    buf: list[int] = []
+    buf = np.empty(0, dtype=np.int64)
     for piece in pieces:
-        buf.extend(piece.ids)
-        if piece.last:
-            buf.append(eot)
-            tally.documents += 1
-        while len(buf) >= block + 1:
-            yield np.asarray(buf[: block + 1], dtype=np.int64), block
-            buf = buf[block:]
+        ids = np.asarray(piece.ids + [eot] if piece.last else piece.ids, dtype=np.int64)
+        buf = np.concatenate([buf, ids])
+        tally.documents += piece.last
+        pos = 0
+        while len(buf) - pos >= block + 1:
+            yield buf[pos : pos + block + 1], block
+            pos += block
+        buf = buf[pos:]
     if len(buf) > 1:
-        yield np.asarray(buf, dtype=np.int64), len(buf) - 1
+        yield buf, len(buf) - 1
 
 
 @torch.no_grad()
