@@ -198,6 +198,9 @@ def score_source(model, tokenizer, token_bytes: torch.Tensor, source: str, scope
     eot = tokenizer.token_to_id(EOT)
     score_windows(model, windows(pieces, model.config.block_size, eot, tally), token_bytes, tally, batch_size,
                   autocast, progress)
+    if tally.tokens == 0:
+        raise UserError(f"{source} holds no {'held-out ' if scope == 'held-out' else ''}text to score: give it text"
+                        + (" or score it --whole" if scope == "held-out" else ""))
     return tally.metrics()
 
 

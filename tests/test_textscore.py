@@ -169,3 +169,11 @@ def test_count_data_streams_a_source_with_the_same_counts(source, tokenizer_dir)
     assert counted["tokens"] == sum(len(e.ids) + 1 for e in tok.encode_batch(corpus.train))
     assert counted["bytes"] == corpus.nbytes("train")
     assert count_data(source)["bytes"] == corpus.nbytes("train")
+
+
+def test_a_source_without_text_to_score_is_a_one_line_error(trained_run, tmp_path, capsys):
+    run, _ = trained_run
+    (tmp_path / "blank.txt").write_text("  \n\n")
+    assert main(["eval", str(run), "--data", f"file:{tmp_path / 'blank.txt'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"homegpt: error: file:{tmp_path / 'blank.txt'} holds no text to score: give it text"
