@@ -1,6 +1,7 @@
 """What does a recipe buy per FLOP? Three recipes on the same data at equal compute, each with its lr tuned.
 
-    python benchmarks/recipe_efficiency.py [--data SOURCE] [--budgets 1e12,3.16e12,1e13] [--json] [--quick]
+    python benchmarks/recipe_efficiency.py [--data SOURCE] [--budgets 1e12,3.16e12,1e13] [--extend 3.16e13]
+                                           [--json] [--quick]
 
     (a) seed     the $50 recipe as published: GPT-2, every line of text padded to 65 tokens with the padding
                  counted in the loss, context 64, AdamW (torch's defaults) at a constant lr, no warmup, no
@@ -23,6 +24,9 @@ of all four of its rates), extended by one more value beyond an edge when the be
 context) for every (recipe, budget) at its best lr, and the compute multiplier: the FLOPs (b) needs to
 reach (c)'s bits per byte, divided by (c)'s FLOPs, interpolating (b)'s best-lr bits per byte linearly in
 log FLOPs (beyond (b)'s largest budget the last segment is extended, marked "extrapolated"); likewise (a).
+(a) and (b) also run at --extend budgets above the common ones, at their best lr of the largest common
+budget, so that their curves reach (c)'s bits per byte. Every finished run is appended to OUT/runs.jsonl and
+reused by the next invocation with the same settings, so the benchmark resumes where it stopped.
 Also bits per byte at equal wall-clock training seconds (runs go --workers at a time, one thread each, so
 their seconds compare within one run of this script; Muon's iterations cost CPU time that FLOPs understate).
 
@@ -227,15 +231,40 @@ def best_runs(table: list[dict]) -> dict:
     return best
 
 
+MAX_EXTRAPOLATION = 10.0  # an extrapolated need beyond 10x the baseline's largest measured run is not reported
+
+
 def multipliers(best: dict, budgets: list[float], baseline: str, axis: str = "flops") -> list[dict]:
-    curve = [(best[(baseline, b)][axis], best[(baseline, b)]["bpb"]) for b in budgets]
+    """Per common budget: what the baseline needs (on its curve over every budget it ran) for (c)'s bpb.
+
+    multiplier: interpolated, or extrapolated from the curve's last segment (marked), or None when the curve
+    has stopped falling or the extrapolation runs past MAX_EXTRAPOLATION x its largest run. at_least: a
+    measured lower bound, the largest baseline run that is still worse than (c) (with every smaller run
+    worse too) over (c)'s cost: the baseline needs more than that.
+    """
+    curve = sorted((r[axis], r["bpb"]) for (name, _), r in best.items() if name == baseline)
     out = []
     for b in budgets:
         ours = best[("homegpt", b)]
         needed, extrapolated = interpolate_needed(curve, ours["bpb"])
+        if needed is not None and extrapolated and needed > MAX_EXTRAPOLATION * curve[-1][0]:
+            needed = None
+        worse = 0.0
+        for x, bpb in curve:
+            if bpb <= ours["bpb"]:
+                break
+            worse = x
         out.append({"budget": b, axis: ours[axis], "bpb": ours["bpb"], f"{baseline}_{axis}_needed": needed,
-                    "multiplier": None if needed is None else needed / ours[axis], "extrapolated": extrapolated})
+                    "multiplier": None if needed is None else needed / ours[axis], "extrapolated": extrapolated,
+                    "at_least": worse / ours[axis] if worse else None})
     return out
+
+
+def _say(m: dict) -> str:
+    bound = f"at least {m['at_least']:.2f}x measured" if m["at_least"] else "no measured bound"
+    if m["multiplier"] is None:
+        return f"not reached on its measured curve ({bound})"
+    return f"{m['multiplier']:.2f}x" + (" (extrapolated; " + bound + ")" if m["extrapolated"] else "")
 
 
 def bpb_at(curve: list[tuple[float, float]], x: float) -> tuple[float, bool]:
@@ -251,19 +280,58 @@ def bpb_at(curve: list[tuple[float, float]], x: float) -> tuple[float, bool]:
 # --------------------------------------------------------------------------------------------- driver
 
 
+def _key(job: dict) -> tuple:
+    return (job["recipe"], float(job["budget"]), float(job["lr"]), tuple(job["shape"]), job["source"], job["seed"])
+
+
 def run_all(jobs: list[dict], workers: int, log) -> list[dict]:
+    """Run the jobs (reusing any already recorded in OUT/runs.jsonl: the benchmark resumes where it stopped)."""
+    if not jobs:
+        return []
+    done_file = Path(jobs[0]["out"]) / "runs.jsonl"
+    done = {}
+    if done_file.is_file():
+        for line in done_file.read_text(encoding="utf-8").splitlines():
+            r = json.loads(line)
+            done[_key(r)] = r
+    results = [done[_key(j)] for j in jobs if _key(j) in done]
+    todo = [j for j in jobs if _key(j) not in done]
+    if results:
+        log(f"  reusing {len(results)} finished runs from {done_file}")
+
+    def record(r: dict) -> None:
+        results.append(r)
+        with open(done_file, "a", encoding="utf-8") as f:
+            f.write(json.dumps(r) + "\n")
+        log(_describe(r))
+
     if workers <= 1:
-        results = []
-        for j in jobs:
-            results.append(run_job(j))
-            log(_describe(results[-1]))
+        for j in todo:
+            record(run_job(j))
         return results
     with mp.get_context("spawn").Pool(workers) as pool:
-        results = []
-        for r in pool.imap_unordered(run_job, jobs):
-            results.append(r)
-            log(_describe(r))
-        return results
+        for r in pool.imap_unordered(run_job, todo):
+            record(r)
+    return results
+
+
+def extend_baselines(table: list[dict], budgets: list[float], extra: list[float], base: dict, workers: int,
+                     log) -> list[dict]:
+    """(a) and (b) at budgets beyond the common ones, each at its best lr of the largest common budget: their
+    curves then reach down to (c)'s bits per byte, so the multiplier is interpolated instead of extrapolated.
+    (Their lr is not re-tuned there: if anything that understates them slightly; see BENCHMARKS.md.)"""
+    best = best_runs(table)
+    jobs = []
+    for r in ("seed", "nanogpt"):
+        if (r, budgets[-1]) not in best:
+            continue
+        lr = best[(r, budgets[-1])]["lr"]
+        for b in extra:
+            name = f"{r}_C{b:.3g}_lr{lr:.3g}"
+            jobs.append(dict(base, recipe=r, budget=b, lr=lr, run_dir=str(Path(base["out"]) / "runs" / name)))
+    if jobs:
+        log(f"baselines at the extra budgets {', '.join(f'{b:.3g}' for b in extra)}")
+    return run_all(jobs, workers, log)
 
 
 def _describe(r: dict) -> str:
@@ -302,6 +370,10 @@ def tune(recipes: list[str], budgets: list[float], base: dict, grid_size: int, m
 def report(table: list[dict], budgets: list[float], recipes: list[str], log) -> dict:
     best = best_runs(table)
     log("\nheld-out bits per byte at the best lr (lr in brackets)")
+    extra = sorted({b for (r, b) in best if b not in budgets})
+    for b in extra:
+        log(f"  also at C={b:.3g}: " + ", ".join(f"{LABELS[r]} {best[(r, b)]['bpb']:.4f} (lr {best[(r, b)]['lr']:.3g})"
+                                            for r in recipes if (r, b) in best))
     log(f"{'budget (FLOPs)':>15s}  " + "  ".join(f"{LABELS[r]:>24s}" for r in recipes))
     for b in budgets:
         log(f"{b:15.3g}  " + "  ".join(f"{best[(r, b)]['bpb']:>14.4f} ({best[(r, b)]['lr']:<7.3g})" for r in recipes))
@@ -312,9 +384,7 @@ def report(table: list[dict], budgets: list[float], recipes: list[str], log) -> 
             out[key.replace("multiplier", "wallclock_multiplier")] = multipliers(best, budgets, baseline, "train_s")
             log(f"\ncompute multiplier of (c) against {LABELS[baseline]}: FLOPs it needs for (c)'s bpb / (c)'s FLOPs")
             for m in out[key]:
-                mult = "never (its curve stops falling)" if m["multiplier"] is None else f"{m['multiplier']:.2f}x"
-                log(f"  C={m['budget']:.3g}: (c) {m['bpb']:.4f} bpb -> {mult}"
-                    + ("  (extrapolated)" if m["extrapolated"] else ""))
+                log(f"  C={m['budget']:.3g}: (c) {m['bpb']:.4f} bpb -> {_say(m)}")
     if "homegpt" in recipes:
         out["wallclock"] = []
         log("\nbits per byte at equal training seconds (this machine, one thread per run)")
@@ -323,7 +393,7 @@ def report(table: list[dict], budgets: list[float], recipes: list[str], log) -> 
             row = {"budget": b, "train_s": ours["train_s"], "homegpt_bpb": ours["bpb"]}
             for r in recipes:
                 if r != "homegpt":
-                    y, outside = bpb_at([(best[(r, x)]["train_s"], best[(r, x)]["bpb"]) for x in budgets],
+                    y, outside = bpb_at([(v["train_s"], v["bpb"]) for (n, _), v in best.items() if n == r],
                                         ours["train_s"])
                     row[f"{r}_bpb"], row[f"{r}_extrapolated"] = y, outside
             out["wallclock"].append(row)
@@ -342,6 +412,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="runs at a time, one thread each")
     ap.add_argument("--grid", type=int, default=3, help="lr values per recipe and budget before extension")
     ap.add_argument("--max-extend", type=int, default=2, help="extra lrs past an edge of the grid, at most")
+    ap.add_argument("--extend", default="3.16e13", help="extra budgets for (a) and (b) at their best lr "
+                    "('' = none): their curves then reach (c)'s bits per byte")
     ap.add_argument("--seed", type=int, default=1337)
     ap.add_argument("--out", default="runs/recipe_efficiency")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2x64, budgets 1e11..1e12, 2 lrs, no extension")
@@ -363,6 +435,8 @@ def main() -> None:
     base = {"source": source, "data_dir": str(data_dir), "shape": shape, "seed": args.seed, "out": str(out)}
     t0 = time.perf_counter()
     table = tune(recipes, budgets, base, args.grid, args.max_extend, args.workers, log)
+    extra = [float(x) for x in args.extend.split(",") if x] if not args.quick else []
+    table += extend_baselines(table, budgets, extra, base, args.workers, log)
     result = report(table, budgets, recipes, log)
     result.update(table=table, data=source, shape=list(shape), budgets=budgets, vocab_size=VOCAB,
                   batch_tokens=BATCH_TOKENS, seed_real_token_share=real, seconds=round(time.perf_counter() - t0, 1))
