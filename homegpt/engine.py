@@ -167,8 +167,8 @@ class Engine:
             if row.seen is not None:
                 penalty = row.sampling.repetition_penalty
                 logits[b : b + 1] = apply_repetition_penalty(logits[b : b + 1], row.seen, penalty)
-        out = logits.argmax(dim=-1).tolist()
         sampled = [b for b, row in enumerate(rows) if row.generator is not None]
+        out = logits.argmax(dim=-1).tolist() if len(sampled) < len(rows) else [0] * len(rows)
         if sampled:
             s = [rows[b].sampling for b in sampled]
             probs = sampling_probs(logits[sampled], [x.temperature for x in s], [x.top_k or 0 for x in s],

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -447,16 +448,37 @@ def sampling_probs(logits: torch.Tensor, temperature: list[float], top_k: list[i
     logits = logits / torch.tensor(temperature, dtype=logits.dtype, device=dev)[:, None]
     ks = [min(k, vocab) if k and k > 0 else vocab for k in top_k]
     if min(ks) < vocab:
-        kth = torch.topk(logits, max(ks)).values.gather(1, torch.tensor(ks, device=dev)[:, None] - 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        logits = logits.masked_fill(logits < kth_largest(logits, ks), float("-inf"))
     if any(0.0 < p < 1.0 for p in top_p):
         limit = torch.tensor([p if 0.0 < p < 1.0 else 2.0 for p in top_p], device=dev)[:, None]  # 2: keep all
-        sorted_logits, order = torch.sort(logits, descending=True)
+        sorted_logits, order = sort_descending(logits)
         p = sorted_logits.softmax(-1)
         drop = p.cumsum(-1) - p > limit  # keep the smallest set whose mass reaches top_p
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     return logits.softmax(-1)
+
+
+# On a CPU, torch's topk and sort over a batch of rows cost ~30 and ~150 us a row of 2,048 (torch 2.13); numpy's
+# partition and argsort do the same work 5-30x faster. The k-th largest value is exact either way; a sort may
+# order equal logits differently, which changes nothing below (equal values, equal probabilities).
+
+
+def kth_largest(x: torch.Tensor, ks: list[int]) -> torch.Tensor:
+    """(B, 1): row b's ks[b]-th largest value."""
+    if x.device.type == "cpu":
+        a, n = x.numpy(), x.size(-1)
+        part = np.partition(a, sorted({n - k for k in ks}), axis=-1)
+        return torch.from_numpy(part[np.arange(len(ks)), [n - k for k in ks]])[:, None]
+    return torch.topk(x, max(ks)).values.gather(1, torch.tensor(ks, device=x.device)[:, None] - 1)
+
+
+def sort_descending(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row sorted, largest first, and the order that sorts it."""
+    if x.device.type == "cpu":
+        order = torch.from_numpy(np.argsort(-x.numpy(), axis=-1))
+        return x.gather(-1, order), order
+    return torch.sort(x, descending=True)
 
 
 def draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

@@ -109,3 +109,23 @@ def test_text_stream_stops_and_ends(trained_run):
     ended = TextStream(tok, (), {eot})
     assert not ended.add(tok.encode("a").ids[0]) and ended.add(eot)
     assert ended.finish == "eot" and ended.tokens == tok.encode("a").ids
+
+
+def test_sampling_filters_each_row_with_its_own_settings_and_draws_from_its_distribution():
+    from homegpt.model import draw, sampling_probs
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 50) * 3
+    temps, ks, ps = [0.7, 1.0, 1.3], [5, 0, 0], [1.0, 0.6, 1.0]
+    probs = sampling_probs(logits, temps, ks, ps)
+    for b in range(3):  # the same distribution alone as in the batch, bitwise
+        assert torch.equal(probs[b], sampling_probs(logits[b : b + 1], temps[b:b + 1], ks[b:b + 1], ps[b:b + 1])[0])
+    assert set(probs[0].nonzero()[:, 0].tolist()) == set(logits[0].topk(5).indices.tolist())
+    full = (logits[1]).softmax(-1).sort(descending=True)
+    n = int((full.values.cumsum(0) < 0.6).sum()) + 1  # the smallest set whose mass reaches 0.6
+    assert set(probs[1].nonzero()[:, 0].tolist()) == set(full.indices[:n].tolist())
+    assert torch.allclose(probs[2], (logits[2] / 1.3).softmax(-1))
+    g = torch.Generator().manual_seed(1)
+    draws = draw(probs[:1].expand(20000, -1), torch.rand(20000, 1, generator=g))[:, 0]
+    counts = torch.bincount(draws, minlength=50).float() / 20000
+    assert counts[probs[0] == 0].sum() == 0 and torch.allclose(counts, probs[0], atol=0.015)
