@@ -2,7 +2,7 @@
 headless Chromium through Playwright.
 
 Two servers: the session's tiny trained run (modern architecture, 64-token context) behind an API key, and a
-`homegpt export` folder of a GPT-2 (512-token context) with a chat template, whose weights are built here so
+`homegpt export` folder of a GPT-2 (2,048-token context) with a chat template, whose weights are built here so
 that it never ends a text by itself (its <|endoftext|> logit is pinned far below the rest), for the tests
 that need long streams: a client that goes away, the playground's stop button.
 """
@@ -79,7 +79,7 @@ def never_ending_gpt2(tok_dir: Path, work: Path) -> tuple[Path, Path]:
 
     tok = load_tokenizer(tok_dir / "tokenizer.json")
     torch.manual_seed(0)
-    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=512,
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=2048,
                           vocab_size=round_vocab(tok.get_vocab_size()), arch="gpt2"))
     with torch.no_grad():  # h = LayerNorm(x) + 20 e0, |LayerNorm(x)| = 8: h . (-e0) <= -12, other logits ~ N(0, 0.4)
         model.transformer.ln_f.bias.zero_()[0] = 20.0
@@ -266,7 +266,7 @@ def test_an_export_folder_serves_what_its_run_samples(export_server, gpt2, capsy
     run, _ = gpt2
     client = export_server.client(None)
     models = client.models.list().data
-    assert models[0].id == "gpt2-export" and models[0].context_length == 512
+    assert models[0].id == "gpt2-export" and models[0].context_length == 2048
     for flags, args in [(["--temperature", 0], dict(temperature=0)),
                         (["--temperature", 1.0, "--top-k", 0, "--seed", 5], dict(temperature=1.0, seed=5))]:
         expected = sample_cli(capsys, run, "In the", *flags, "--max-new-tokens", 40)[0]["text"]
@@ -348,7 +348,7 @@ def test_a_client_that_goes_away_stops_its_generation(export_server):
     before = export_server.health()
     host, port = export_server.url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=30)
-    conn.request("POST", "/v1/completions", json.dumps(dict(model="gpt2-export", prompt="The", max_tokens=500,
+    conn.request("POST", "/v1/completions", json.dumps(dict(model="gpt2-export", prompt="The", max_tokens=2000,
                                                             stream=True, temperature=1.0)),
                  {"Content-Type": "application/json"})
     resp = conn.getresponse()
@@ -359,7 +359,7 @@ def test_a_client_that_goes_away_stops_its_generation(export_server):
     while (h := export_server.health())["cancelled"] == before["cancelled"] or h["running"]:
         assert time.time() < deadline, h
         time.sleep(0.05)
-    assert h["tokens"] - before["tokens"] < 500  # it stopped early; nothing else ran meanwhile
+    assert h["tokens"] - before["tokens"] < 2000  # it stopped early; nothing else ran meanwhile
 
 
 # --------------------------------------------------------------------------------------------- the CLI
@@ -416,7 +416,7 @@ def test_playground_streams_a_completion_and_stops_it(page, export_server):
     expect(page.locator("#model-name")).to_contain_text("gpt2-export")
     before = export_server.health()["cancelled"]
     page.select_option("#mode", "completion")
-    page.fill("#max-tokens", "480")
+    page.fill("#max-tokens", "2000")  # seconds of streaming on any machine: time to press stop
     page.fill("#prompt", "In the beginning")
     page.click("#send")
     generated = page.locator("#generated")
