@@ -13,8 +13,9 @@ sending streamed completions back to back for --seconds per concurrency level: h
 prompts and seeds. Clients and server share the machine's cores, as they would on a laptop.
 
 Measured per level: tokens/s = completion tokens of the requests finished / wall time from the first request
-to the last one finishing; time to first token = request sent -> first streamed text. scaling_16 =
-tokens_per_s_16 / tokens_per_s_1. Targets (issue 12): scaling_16 >= 5 and ttft_p50_16_s <= 1. With --json
+to the last one finishing; time to first token = request sent -> first streamed text; the CPU seconds the
+server process and the clients used (how the cores were shared; other work on the machine shows as neither).
+scaling_16 = tokens_per_s_16 / tokens_per_s_1. Targets (issue 12): scaling_16 >= 5 and ttft_p50_16_s <= 1. With --json
 the last stdout line is one JSON object (tokens_per_s_1, tokens_per_s_4, tokens_per_s_16, scaling_4,
 scaling_16, ttft_p50_1_s, ttft_p50_4_s, ttft_p50_16_s, ...).
 """
@@ -98,6 +99,15 @@ async def one_request(client, i: int, max_tokens: int) -> tuple[float, int]:
     return (first if first is not None else time.perf_counter() - t0), tokens
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 async def level(url: str, clients: int, seconds: float, max_tokens: int) -> dict:
     import openai
 
@@ -126,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="the server's OMP_NUM_THREADS (default: torch's)")
     args = ap.parse_args(argv)
     log = (lambda m: print(m, file=sys.stderr)) if args.json else print
+    load_before = round(os.getloadavg()[0], 2)  # other work on the machine skews everything: recorded
     with tempfile.TemporaryDirectory() as tmp:
         run = build_run(Path(tmp))
         proc, url = start_server(run, Path(tmp) / "server.log", args.threads)
@@ -133,10 +144,14 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(level(url, 2, 2.0, args.max_tokens))  # warm-up: allocators, first-request costs
             levels = {}
             for c in LEVELS:
-                levels[c] = asyncio.run(level(url, c, args.seconds, args.max_tokens))
-                r = levels[c]
+                server0, client0 = cpu_seconds(proc.pid), time.process_time()
+                levels[c] = r = asyncio.run(level(url, c, args.seconds, args.max_tokens))
+                # How the cores were shared: the server's and the clients' CPU time over the level's wall time.
+                r["server_cpu_s"] = round(cpu_seconds(proc.pid) - server0, 2)
+                r["client_cpu_s"] = round(time.process_time() - client0, 2)
                 log(f"{c:>2} clients: {r['tokens_per_s']:7.1f} tokens/s aggregate ({r['requests']} requests, "
-                    f"{r['seconds']} s), time to first token p50 {r['ttft_p50_s'] * 1000:.0f} ms")
+                    f"{r['seconds']} s), time to first token p50 {r['ttft_p50_s'] * 1000:.0f} ms; CPU: server "
+                    f"{r['server_cpu_s']} s, clients {r['client_cpu_s']} s")
             health = json.loads(urllib.request.urlopen(url + "/health", timeout=10).read())
         finally:
             proc.terminate()
@@ -148,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     result.update(levels={str(c): levels[c] for c in LEVELS}, peak_running=health["peak_running"],
                   max_tokens=args.max_tokens, seconds_per_level=args.seconds, server_threads=args.threads,
                   model="cpu-small (modern, random weights)", cpu=platform.processor() or platform.machine(),
-                  cores=os.cpu_count(), load_avg_1m=round(os.getloadavg()[0], 2),
+                  cores=os.cpu_count(), load_avg_1m_before=load_before, load_avg_1m=round(os.getloadavg()[0], 2),
                   targets={"scaling_16": 5.0, "ttft_p50_16_s": 1.0},
                   meets_targets=result["scaling_16"] >= 5.0 and result["ttft_p50_16_s"] <= 1.0)
     log(f"16 clients / 1 client: {result['scaling_16']:.2f}x (target >= 5x); time to first token p50 at 16 "
