@@ -3,6 +3,8 @@ time to first token, against one server process on this machine.
 
     python benchmarks/serve_throughput.py [--json] [--seconds 12] [--max-tokens 100] [--threads N]
 
+--threads N is passed to `homegpt serve --threads N` (default: torch's thread count).
+
 The model is made here, not downloaded: a randomly initialised homegpt GPT of the `cpu-small` preset (modern
 architecture, 4 layers, 4 heads, 128 wide, 128-token context, vocabulary 2048) with a byte-level BPE
 tokenizer trained on seeded pseudo-words (as benchmarks/sample_throughput.py does), saved as a run. Speed
@@ -64,11 +66,9 @@ def build_run(work: Path) -> Path:
 
 
 def start_server(run: Path, log: Path, threads: int | None) -> tuple[subprocess.Popen, str]:
-    env = dict(os.environ)
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
+    flags = ["--threads", str(threads)] if threads else []
     proc = subprocess.Popen([sys.executable, "-m", "homegpt", "serve", str(run), "--port", "0", "--device", "cpu",
-                             "--max-batch", "16"], stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+                             "--max-batch", "16", *flags], stdout=log.open("w"), stderr=subprocess.STDOUT)
     deadline = time.time() + 120
     while not (m := re.search(r"at (http://127\.0\.0\.1:\d+)/", log.read_text())):
         if proc.poll() is not None or time.time() > deadline:
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--seconds", type=float, default=12.0, help="load time per concurrency level (default 12)")
     ap.add_argument("--max-tokens", type=int, default=100, help="tokens per request (default 100)")
-    ap.add_argument("--threads", type=int, default=None, help="the server's OMP_NUM_THREADS (default: torch's)")
+    ap.add_argument("--threads", type=int, default=None, help="the server's --threads (default: torch's)")
     args = ap.parse_args(argv)
     log = (lambda m: print(m, file=sys.stderr)) if args.json else print
     load_before = round(os.getloadavg()[0], 2)  # other work on the machine skews everything: recorded

@@ -56,8 +56,8 @@ def playground_html() -> str:
 
 
 def create_app(served: Served, max_batch: int = 16, max_queue: int = 64, api_key: str | None = None,
-               cors: tuple[str, ...] = ()) -> FastAPI:
-    worker = Worker(served.model, served.tokenizer, served.autocast, max_batch, max_queue)
+               cors: tuple[str, ...] = (), threads: int | None = None) -> FastAPI:
+    worker = Worker(served.model, served.tokenizer, served.autocast, max_batch, max_queue, threads)
     created = now()
 
     @asynccontextmanager

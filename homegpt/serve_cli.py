@@ -54,6 +54,8 @@ def cmd_serve(args) -> int:
 
     _positive("--max-batch", args.max_batch)
     _positive("--max-queue", args.max_queue)
+    if args.threads is not None:
+        _positive("--threads", args.threads)
     needs("fastapi", "uvicorn")
     api_key = args.api_key or os.environ.get("HOMEGPT_API_KEY") or None
     served = load_served(args.model, step=args.step, device=args.device, name=args.name)
@@ -65,7 +67,7 @@ def cmd_serve(args) -> int:
 
     from homegpt.serve import create_app
 
-    app = create_app(served, args.max_batch, args.max_queue, api_key, tuple(args.cors or ()))
+    app = create_app(served, args.max_batch, args.max_queue, api_key, tuple(args.cors or ()), args.threads)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"homegpt: serving {served.name} ({served.source}, step {served.step}, context {served.context}, "
@@ -92,6 +94,8 @@ def register(sub) -> None:
                    "HOMEGPT_API_KEY environment variable, else no key)")
     s.add_argument("--max-batch", type=int, default=16, help="rows decoded together at most (default 16)")
     s.add_argument("--max-queue", type=int, default=64, help="rows waiting at most; beyond: HTTP 503 (default 64)")
+    s.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: torch's, "
+                   "one per core); 1 is often fastest for a small model")
     s.add_argument("--cors", action="append", metavar="ORIGIN", help="allow browser pages from ORIGIN to call the "
                    "API (repeatable; default: no CORS)")
     s.add_argument("--name", default=None, help="the model id clients use (default: the folder's name)")

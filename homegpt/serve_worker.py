@@ -16,6 +16,8 @@ import threading
 import traceback
 from dataclasses import dataclass
 
+import torch
+
 from homegpt.engine import Engine, Sampling, Scheduler, Sequence
 from homegpt.sample import TextStream
 
@@ -70,11 +72,13 @@ class Generation:
 
 
 class Worker:
-    def __init__(self, model, tokenizer, autocast, max_batch: int = 16, max_queue: int = 64) -> None:
+    def __init__(self, model, tokenizer, autocast, max_batch: int = 16, max_queue: int = 64,
+                 threads: int | None = None) -> None:
         self.scheduler = Scheduler(Engine(model, max_batch, vocab_limit=tokenizer.get_vocab_size()))
         self.tokenizer, self.autocast, self.max_queue = tokenizer, autocast, max_queue
         self.cond = threading.Condition()
         self.stopping = False
+        self.threads = threads  # torch's intra-op threads, set on the engine thread itself (OpenMP's are per thread)
         self.thread = threading.Thread(target=self._loop, name="homegpt-engine", daemon=True)
         self.stats = {"requests": 0, "cancelled": 0, "tokens": 0, "errors": 0}
         self._outbox: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue, Event]] = []  # this step's events
@@ -136,6 +140,8 @@ class Worker:
     # ------------------------------------------------------------------ engine thread
 
     def _loop(self) -> None:
+        if self.threads:
+            torch.set_num_threads(self.threads)
         with self.autocast:
             while True:
                 with self.cond:
