@@ -365,7 +365,7 @@ def test_a_client_that_goes_away_stops_its_generation(export_server):
 # --------------------------------------------------------------------------------------------- the CLI
 
 
-@pytest.mark.parametrize("extra", [["--port", "99999"], ["--max-batch", "0"], ["--step", "99999"]])
+@pytest.mark.parametrize("extra", [["--port", "99999"], ["--max-batch", "0"], ["--threads", "0"], ["--step", "99999"]])
 def test_serve_cli_bad_input_is_one_line_exit_2(trained_run, capsys, extra):
     code = main(["serve", str(trained_run[0]), "--device", "cpu", *extra])
     out, err = capsys.readouterr()
