@@ -6,7 +6,9 @@ GPT-2's pre-tokenizer regex, then BPE within each piece; but tokenizers merges b
 tiktoken merges any adjacent pair whose bytes form a token, lowest id first. The two agree when token ids
 follow the merge order and every token encodes to itself, which holds for tokenizers trained by homegpt.
 `choose_encoder` checks exactly that, plus identity on a unicode-heavy probe text; prepare also re-encodes
-a sample of its chunks with tokenizers and stops if the two ever differ.
+a sample of its chunks with tokenizers and stops if the two ever differ. The special tokens (<|endoftext|>,
+and ChatML's <|im_start|> / <|im_end|> where the tokenizer has them) are tiktoken's special tokens, with
+tokenizers' ids.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from homegpt.errors import UserError
 
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 EOT = "<|endoftext|>"
+SPECIALS = (EOT, "<|im_start|>", "<|im_end|>")  # tokenizer.SPECIAL_TOKENS (not imported: workers stay light)
 ENCODERS = ("auto", "tiktoken", "hf")
 CHECK_CHARS = 1 << 14  # characters of a spot-checked piece that are re-encoded with tokenizers
 
@@ -31,7 +34,8 @@ PROBE_TEXT = (
     "#tag @user http://x.y/z?q=1&r=2\n\n\n  leading   spaces\t\ttabs \t mixed\r\nwindows\rcr "
     "日本語のテキスト、句読点。中文文本，标点！한국어 텍스트 العربية النص हिन्दी पाठ ไทย Ελληνικά Кириллица "
     "🙂🚀👩‍👩‍👧‍👦 🇫🇷 e\u0301 a\u0308\u0304 \u00a0nbsp\u2009thin\u3000ideo\u200bzw\u2028ls\u2029ps "
-    "<|endoftext|>inside<|endoftext|> \x00\x01\x1f\x7f ~`!@#%^&*()_+-={}[]|\\:;<>?/ ’curly’ «guillemets» "
+    "<|endoftext|>inside<|endoftext|> <|im_start|>user\nhi<|im_end|>\n<|im_start <|im_end| "
+    "\x00\x01\x1f\x7f ~`!@#%^&*()_+-={}[]|\\:;<>?/ ’curly’ «guillemets» "
     "ﬁligature ½ ² Ⅻ ０１２ ｆｕｌｌ   \n \n\n \t\n"
 )
 
@@ -53,10 +57,17 @@ def unconvertible(spec: dict) -> str | None:
     if pre.get("type") != "ByteLevel" or pre.get("add_prefix_space") or not pre.get("use_regex", True):
         return "pre-tokenizer is not ByteLevel(add_prefix_space=False, use_regex=True)"
     added = spec.get("added_tokens") or []
-    if [t.get("content") for t in added] != [EOT] or not added[0].get("special") or any(
-            added[0].get(k) for k in ("normalized", "lstrip", "rstrip", "single_word")):
-        return f"added tokens are not exactly the special {EOT}"
+    contents = [t.get("content") for t in added]
+    if EOT not in contents or len(set(contents)) != len(contents) or not set(contents) <= set(SPECIALS) or any(
+            not t.get("special") or any(t.get(k) for k in ("normalized", "lstrip", "rstrip", "single_word"))
+            for t in added):
+        return f"added tokens are not the special {EOT} (and ChatML's <|im_start|>, <|im_end|>) alone"
     return None
+
+
+def special_ids(spec: dict) -> dict[str, int]:
+    """The added (special) tokens' ids, by content."""
+    return {t["content"]: int(t["id"]) for t in spec.get("added_tokens") or []}
 
 
 def _byte_decoder() -> dict[str, int]:
@@ -69,8 +80,9 @@ def mergeable_ranks(spec: dict) -> dict[bytes, int]:
     """tiktoken's ranks: each token's bytes -> its id. Valid as merge priorities only if ids follow merges."""
     dec = _byte_decoder()
     vocab = spec["model"]["vocab"]
-    ranks = {bytes(dec[ch] for ch in token): idx for token, idx in vocab.items() if token != EOT}
-    if len(ranks) != len(vocab) - (EOT in vocab) or any(bytes([b]) not in ranks for b in range(256)):
+    specials = set(special_ids(spec)) | {EOT}
+    ranks = {bytes(dec[ch] for ch in token): idx for token, idx in vocab.items() if token not in specials}
+    if len(ranks) != len(vocab) - len(specials & set(vocab)) or any(bytes([b]) not in ranks for b in range(256)):
         raise ValueError("vocabulary is not byte-level")
     last = -1
     for merge in spec["model"]["merges"]:
@@ -86,7 +98,7 @@ def build_tiktoken(spec: dict, eot_id: int):
     import tiktoken
 
     return tiktoken.Encoding("homegpt", pat_str=GPT2_PATTERN, mergeable_ranks=mergeable_ranks(spec),
-                             special_tokens={EOT: eot_id})
+                             special_tokens={**special_ids(spec), EOT: eot_id})
 
 
 def choose_encoder(tok_path: str | Path, requested: str = "auto") -> tuple[str, str]:
@@ -120,8 +132,9 @@ def _tiktoken_blocker(tok_path: Path) -> str | None:
     except ValueError as e:
         return str(e)
     dec = _byte_decoder()
+    specials = set(special_ids(spec))
     for token, idx in spec["model"]["vocab"].items():  # every token must encode to itself in both
-        if token == EOT:
+        if token in specials:
             continue
         if [t.id for t in tok.model.tokenize(token)] != [idx]:
             return f"token {idx} does not encode to itself with tokenizers"

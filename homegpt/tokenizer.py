@@ -1,8 +1,12 @@
 """Byte-level BPE tokenizer, trained with Hugging Face `tokenizers` (GPT-2's scheme).
 
 Byte-level means every string is encodable (no unknown token) and decoding gives back the exact bytes.
-One special token, <|endoftext|>, separates documents. The model's vocabulary is the tokenizer's size
-rounded up to a multiple of 64 (GPT-2's 50,257 -> 50,304), which keeps matmuls on fast kernel shapes.
+Three special tokens come first (ids 0, 1, 2): <|endoftext|>, which separates documents, and ChatML's
+<|im_start|> and <|im_end|>, reserved for chat fine-tuning (conversations.py, `homegpt sft`), so a chat model
+needs no vocabulary surgery; pretraining never sees the two. Tokenizers from before they were reserved have
+<|endoftext|> only; `homegpt sft` adds the two at the end of their vocabulary. The model's vocabulary is the
+tokenizer's size rounded up to a multiple of 64 (GPT-2's 50,257 -> 50,304), which keeps matmuls on fast
+kernel shapes.
 
 The tokenizer is trained on a bounded, seeded sample of the training split (sample_bytes, or sample_docs
 documents), so a 100 GB corpus never needs 100 GB of memory: a uniform random sample, by a seeded hash of
@@ -29,7 +33,9 @@ SCAN_FACTOR = 10  # the sample is drawn from at most this many times its size of
 VAL_SAMPLE_BYTES = 10_000_000
 
 EOT = "<|endoftext|>"
-MIN_VOCAB = 257 + 1  # 256 byte symbols + end-of-text, and at least one merge
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"  # ChatML's turn markers (conversations.py)
+SPECIAL_TOKENS = (EOT, IM_START, IM_END)  # what `homegpt tokenizer` reserves, in this order (ids 0, 1, 2)
+MIN_VOCAB = 256 + len(SPECIAL_TOKENS) + 1  # 256 byte symbols + the special tokens, and at least one merge
 MAX_VOCAB = 2**32 - 1
 
 
@@ -54,7 +60,7 @@ def _train(texts: list[str], vocab_size: int) -> Tokenizer:
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=[EOT],
+        special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -190,3 +196,15 @@ def _bytes_to_unicode() -> dict[int, str]:
             cs.append(256 + n)
             n += 1
     return dict(zip(bs, (chr(c) for c in cs), strict=True))
+
+
+def add_chat_tokens(tok: Tokenizer) -> list[str]:
+    """Add ChatML's <|im_start|> and <|im_end|> as special tokens where a tokenizer (from before they were
+    reserved) lacks them: at the end of its vocabulary, ids unchanged for everything else. The added ones."""
+    from tokenizers import AddedToken
+
+    missing = [t for t in (IM_START, IM_END) if tok.token_to_id(t) is None]
+    if missing:
+        tok.add_special_tokens([AddedToken(t, special=True, normalized=False, lstrip=False, rstrip=False,
+                                           single_word=False) for t in missing])
+    return missing
