@@ -111,6 +111,7 @@ SCOPES = ("held-out", "whole")
 
 def _held_out_split(run, spec: str, batch_size: int, progress: bool) -> dict:
     """The run's own held-out split: its prepared shards when they are there, else its source re-encoded."""
+    from homegpt.packed import check_masks, evaluate_held_out, is_packed, open_held_out
     from homegpt.shards import check_split, open_split
 
     manifest = run_manifest(run)
@@ -119,6 +120,13 @@ def _held_out_split(run, spec: str, batch_size: int, progress: bool) -> dict:
         result["where"] = f"the held-out documents of {spec}, re-encoded (no prepared data at {run.data_dir})"
         return result
     check_split(run.data_dir, "val", manifest)
+    if is_packed(manifest):  # an SFT run: its held-out conversations, scored on the assistant's tokens
+        check_masks(run.data_dir, manifest)
+        result = evaluate_held_out(run.model, open_held_out(run.data_dir, manifest), run.token_bytes, batch_size,
+                                   autocast=run.autocast)
+        result.update(documents=manifest["splits"]["val"].get("documents", 0), definition="assistant tokens",
+                      where=f"the held-out conversations packed in {run.data_dir} (loss on the assistant's tokens)")
+        return result
     tokens = open_split(run.data_dir, "val", manifest)
     result = evaluate_tokens(run.model, tokens, run.token_bytes, batch_size=batch_size, autocast=run.autocast)
     result.update(documents=manifest["splits"]["val"].get("documents", 0), definition="stream",

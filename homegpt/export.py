@@ -198,14 +198,15 @@ def checkpoint_eval(run, eval_info: dict | None) -> dict | None:
     not borrow them: its tokens and seconds come from its state.json, and its held-out metrics are measured
     now on the run's held-out split (when the prepared data is still there).
     """
-    from homegpt.evaluate import evaluate_tokens
-    from homegpt.prepare import open_split
+    from homegpt.packed import evaluate_held_out, open_held_out
+    from homegpt.prepare import read_manifest
 
     if eval_info and eval_info.get("step") == run.step:
         return eval_info
     ev = {"step": run.step, "tokens_trained": run.state.get("tokens"), "train_seconds": run.state.get("elapsed_s")}
     if run.data_dir and (Path(run.data_dir) / "manifest.json").is_file():
-        m = evaluate_tokens(run.model, open_split(run.data_dir, "val"), run.token_bytes, autocast=run.autocast)
+        held = open_held_out(run.data_dir, read_manifest(run.data_dir))  # tokens, or an SFT run's conversations
+        m = evaluate_held_out(run.model, held, run.token_bytes, autocast=run.autocast)
         ev.update(val_loss=m["loss"], val_perplexity=m["perplexity"], val_bpb=m["bpb"], val_tokens=m["tokens"])
     return ev
 

@@ -427,6 +427,19 @@ def file_documents(paths: list[Path], column: str | None, progress: Progress | N
 def hf_documents(name: str, config: str | None = None, split: str | None = None, column: str | None = None,
                  revision: str | None = None, data_files: str | None = None) -> Iterator[str | None]:
     """Rows of a Hugging Face dataset, streamed (nothing is downloaded whole), never running remote code."""
+    where = f"hf:{name}"
+    ds = open_hf(name, config, split, revision, data_files)
+    features = getattr(ds, "features", None)
+    col = pick_column(list(features), column, where) if features else None
+    for n, row in enumerate(hf_rows(ds, where), 1):
+        if col is None:
+            col = pick_column(list(row), column, where)
+        yield _record_text(row, f"{where} row {n}", col)
+
+
+def open_hf(name: str, config: str | None = None, split: str | None = None, revision: str | None = None,
+            data_files: str | None = None):
+    """A Hugging Face dataset opened for streaming (nothing is downloaded whole), never running remote code."""
     try:
         import datasets
     except ImportError:
@@ -450,12 +463,14 @@ def hf_documents(name: str, config: str | None = None, split: str | None = None,
         kwargs["trust_remote_code"] = False  # older `datasets`: refuse dataset scripts explicitly
     where = f"hf:{name}"
     try:
-        ds = datasets.load_dataset(name, **kwargs)
+        return datasets.load_dataset(name, **kwargs)
     except Exception as e:  # the Hub, fsspec and the builders raise many unrelated types
         raise UserError(f"could not open {where}: {_first_line(e)}") from None
+
+
+def hf_rows(ds, where: str) -> Iterator[dict]:
+    """An opened dataset's rows as dicts; a failure mid-stream is one line."""
     rows = iter(ds)
-    features = getattr(ds, "features", None)
-    col = pick_column(list(features), column, where) if features else None
     n = 0
     while True:
         try:
@@ -464,10 +479,8 @@ def hf_documents(name: str, config: str | None = None, split: str | None = None,
             return
         except Exception as e:  # a dropped connection or a damaged file mid-stream
             raise UserError(f"reading {where} failed after {n:,} rows: {_first_line(e)}") from None
-        if col is None:
-            col = pick_column(list(row), column, where)
         n += 1
-        yield _record_text(row, f"{where} row {n}", col)
+        yield row
 
 
 def _first_line(e: Exception) -> str:

@@ -9,6 +9,10 @@ The same code runs as one process or as many under `torchrun` (DistributedDataPa
 number of processes and splits them between the ranks, so the tokens per step and the results do not
 depend on how many ranks there are.
 SIGTERM / SIGINT finish the current step, write a checkpoint and stop (exit code EXIT_PREEMPTED).
+
+It trains on what `data_dir` holds: `homegpt prepare`'s token shards, or the packed conversations of
+`homegpt sft` (packed.py), whose targets outside the assistant's turns carry no loss; an SFT run is this
+same loop, started from its base run's weights (sft.py).
 """
 
 from __future__ import annotations
@@ -53,14 +57,13 @@ from homegpt.device import (
 )
 from homegpt.distributed import agree, broadcast_object, full_tensor, init_distributed, min_int, shard_model
 from homegpt.errors import UserError
-from homegpt.evaluate import evaluate_tokens
 from homegpt.loader import TokenLoader
 from homegpt.logs import RunLoggers, truncate_metrics
 from homegpt.meter import Meter, peak_flops
 from homegpt.model import GPT, GPTConfig, count_params, flops_per_token
 from homegpt.optim import apply_schedule, decay_start, make_optimizer, parts
-from homegpt.prepare import open_split, read_manifest
-from homegpt.shards import check_prepared
+from homegpt.packed import check_data, evaluate_held_out, open_held_out, training_loader
+from homegpt.prepare import read_manifest
 from homegpt.tokenizer import EOT, load_tokenizer, token_byte_lengths
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "stopped on a signal, checkpoint written; rerun with --resume"
@@ -145,7 +148,7 @@ def train(
     out = Path(out_dir)
     cfg = cfg.resolved(arch=_previous_arch(out) if resume else None)  # every "auto" made concrete
     manifest, mcfg = resolve(cfg)
-    checked = check_prepared(cfg.data_dir, manifest)  # every shard, before anything of the run is written
+    checked = check_data(cfg.data_dir, manifest)  # every shard, before anything of the run is written
     resume_from = _prepare_run_dir(out, resume, force) if main_rank else None
     if resume_from is not None and _model_of(_read_run_info(out)) != mcfg.to_dict():
         raise UserError(f"{out} was trained with another model shape or tokenizer: "
@@ -182,9 +185,10 @@ def train(
     accum = max(1, round(cfg.batch_tokens / (tokens_per_micro * world)))
     batch_tokens = accum * tokens_per_micro * world  # what a step really holds (whole windows)
     total_steps = cfg.total_steps()
-    loader = TokenLoader(open_split(cfg.data_dir, "train", manifest), mcfg.block_size, micro, accum,
-                         cfg.seed, device, rank=rank, world=world, order=cfg.data_order)
-    val_tokens = open_split(cfg.data_dir, "val", manifest)
+    # token shards (prepare) or packed conversations (sft, with their loss mask): packed.py
+    loader = training_loader(cfg.data_dir, manifest, mcfg.block_size, micro, accum, cfg.seed, device, rank, world,
+                             cfg.data_order)
+    val_tokens = open_held_out(cfg.data_dir, manifest)
     token_bytes = torch.tensor(token_byte_lengths(tok, mcfg.vocab_size), dtype=torch.long)
     params = count_params(mcfg)
 
@@ -298,7 +302,7 @@ def train(
     loggers.close()
     if final is None or steps_this_call == 0:  # resumed a finished run: evaluate anyway
         if evaluating_rank:
-            final = evaluate_tokens(model, val_tokens, token_bytes, eval_batch, None, autocast)
+            final = evaluate_held_out(model, val_tokens, token_bytes, eval_batch, None, autocast)
     if not main_rank:
         return {}
     result = {
@@ -370,9 +374,9 @@ def _evaluate(model, val_tokens, token_bytes, batch: int, cfg: TrainConfig, auto
     During training: the first eval_tokens held-out tokens, the same ones each time. At the end: the whole
     split, and, when the split is longer, those first eval_tokens again so the last checkpoint ranks fairly.
     """
-    ev = evaluate_tokens(model, val_tokens, token_bytes, batch, None if final else cfg.eval_tokens, autocast)
+    ev = evaluate_held_out(model, val_tokens, token_bytes, batch, None if final else cfg.eval_tokens, autocast)
     if final and len(val_tokens) > cfg.eval_tokens + 1:
-        return ev, evaluate_tokens(model, val_tokens, token_bytes, batch, cfg.eval_tokens, autocast)["loss"]
+        return ev, evaluate_held_out(model, val_tokens, token_bytes, batch, cfg.eval_tokens, autocast)["loss"]
     return ev, ev["loss"]
 
 
