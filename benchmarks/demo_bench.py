@@ -1,6 +1,6 @@
 """`homegpt demo` end to end: wall time and held-out bits per byte, optionally against a plain baseline.
 
-    python benchmarks/demo_bench.py [--data builtin] [--baseline] [--load N] [--json]
+    python benchmarks/demo_bench.py [--data builtin] [--baseline] [--load N] [--keep DIR] [--json]
 
 Runs the real command (`homegpt demo --json`) in a subprocess and times it. Targets on 2 CPU cores and the
 built-in corpus: at most 300 s wall (issue 2), held-out bits per byte at most 1.47 (issue 10; 1.8 before),
@@ -11,6 +11,9 @@ machine is quiet or loaded: --load N runs N busy processes (fp32 matmuls on one 
 parameters (4 layers, 256 wide, 8,192-token vocabulary, context 256, lr 1e-3, 16K-token batches, cosine
 schedule), for the same training seconds as the demo, and reports the ratio of the two bits-per-byte
 values (bits per byte does not depend on the tokenizer, so the two compare fairly).
+
+--keep DIR writes the demo (and the baseline) into DIR and keeps them (DIR/demo/run is then the demo's run,
+e.g. a base for benchmarks/chat_task.py); by default they go to a temporary directory.
 """
 
 from __future__ import annotations
@@ -64,12 +67,17 @@ def main() -> None:
     ap.add_argument("--data", default="builtin")
     ap.add_argument("--baseline", action="store_true", help="also train the plain 4M GPT-2 reference")
     ap.add_argument("--load", type=int, default=0, help="busy processes running beside the demo")
+    ap.add_argument("--keep", help="write the runs into this directory and keep them")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     burners = [subprocess.Popen([sys.executable, "-c", BURNER]) for _ in range(args.load)]
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            result = measure(args, Path(tmp))
+        if args.keep:
+            Path(args.keep).mkdir(parents=True, exist_ok=True)
+            result = measure(args, Path(args.keep))
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                result = measure(args, Path(tmp))
     finally:
         for b in burners:
             b.kill()
