@@ -11,6 +11,8 @@ are real, if untrained, rows of the embedding.
       generation_config.json    <|endoftext|> as bos/eos/pad, homegpt's default sampling settings
       tokenizer.json            the run's tokenizer, byte for byte (its hash is how a run knows its tokenizer)
       tokenizer_config.json, special_tokens_map.json
+      chat_template.jinja       a chat run's template (ChatML, also in tokenizer_config.json), so that
+                                apply_chat_template renders the ids the run was fine-tuned on
       README.md                 the model card (card.py), loss.png
       homegpt.json              where the weights came from: run.json, the training config, eval.json, step
 
@@ -38,33 +40,41 @@ from homegpt.checkpoint import numpy_rng_json, python_rng_json
 from homegpt.errors import UserError
 from homegpt.hf_arch import HF_CLASS, from_hf, to_hf
 from homegpt.model import GPT, GPTConfig, count_params
-from homegpt.tokenizer import EOT, file_sha256, load_tokenizer
+from homegpt.tokenizer import EOT, IM_END, file_sha256, load_tokenizer
 
 META_FILE = "homegpt.json"
 EXPORT_FILES = (
     "config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-    "special_tokens_map.json", "README.md", "loss.png", META_FILE,
+    "special_tokens_map.json", "chat_template.jinja", "README.md", "loss.png", META_FILE,
 )
+TEMPLATE_FILE = "chat_template.jinja"
 # What a run directory holds (checkpoint.py): replaced as a whole by `import --force`.
 RUN_FILES = ("run.json", "config.toml", "tokenizer.json", "checkpoints", "metrics.csv", "samples.txt", "loss.png",
-             "eval.json")
+             "eval.json", "chat_template.jinja")
 
 
 # --------------------------------------------------------------------------------------------- export
 
 
-def tokenizer_files(eot_id: int, block_size: int) -> dict[str, dict]:
+def tokenizer_files(eot_id: int, block_size: int, specials: dict[str, int] | None = None,
+                    chat_template: str | None = None) -> dict[str, dict]:
     """tokenizer_config.json and special_tokens_map.json for AutoTokenizer.
 
     PreTrainedTokenizerFast loads tokenizer.json exactly as it is (pre-tokenizer, decoder, no added BOS),
     so transformers' ids are homegpt's ids; a class such as GPT2Tokenizer would rebuild the pipeline.
+    specials: every special token's id (ChatML's, where the tokenizer has them). A chat model's config
+    carries its chat_template, and its eos_token is <|im_end|>, which ends its turns (as Qwen's chat models).
     """
-    special = {"content": EOT, "lstrip": False, "rstrip": False, "normalized": False, "single_word": False,
-               "special": True}
+    def added(content: str) -> dict:
+        return {"content": content, "lstrip": False, "rstrip": False, "normalized": False, "single_word": False,
+                "special": True}
+
+    special = added(EOT)
+    decoder = {str(i): added(t) for t, i in sorted((specials or {EOT: eot_id}).items(), key=lambda x: x[1])}
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": EOT,
-        "eos_token": EOT,
+        "eos_token": IM_END if chat_template else EOT,
         "unk_token": EOT,
         "pad_token": EOT,
         "add_bos_token": False,
@@ -73,16 +83,28 @@ def tokenizer_files(eot_id: int, block_size: int) -> dict[str, dict]:
         "clean_up_tokenization_spaces": False,
         "model_max_length": block_size,
         "padding_side": "left",  # what decoder-only batched generation in transformers needs
-        "added_tokens_decoder": {str(eot_id): special},
+        "added_tokens_decoder": {str(eot_id): special, **decoder},
     }
+    if chat_template:
+        config["chat_template"] = chat_template
     special_map = {k: dict(special) for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
+    if chat_template:
+        special_map["eos_token"] = added(IM_END)
     return {"tokenizer_config.json": config, "special_tokens_map.json": special_map}
 
 
-def generation_config(eot_id: int) -> dict:
-    """homegpt sample's defaults, so `model.generate(...)` and pipelines sample as homegpt does."""
-    return {"bos_token_id": eot_id, "eos_token_id": eot_id, "pad_token_id": eot_id,
+def generation_config(eot_id: int, im_end_id: int | None = None) -> dict:
+    """homegpt sample's defaults, so `model.generate(...)` and pipelines sample as homegpt does; a chat model
+    also stops at <|im_end|>."""
+    eos = [im_end_id, eot_id] if im_end_id is not None else eot_id
+    return {"bos_token_id": eot_id, "eos_token_id": eos, "pad_token_id": eot_id,
             "do_sample": True, "temperature": 0.8, "top_k": 50}
+
+
+def chat_template_of(run_dir: Path) -> str | None:
+    """A run's chat template (`homegpt sft` writes chat_template.jinja into it), or None for a base model."""
+    path = run_dir / TEMPLATE_FILE
+    return path.read_text(encoding="utf-8") if path.is_file() else None
 
 
 def read_json(path: Path) -> dict | None:
@@ -155,7 +177,8 @@ def export_run(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        write_model_files(tmp, config, weights, run_path / "tokenizer.json", eot_id, cfg.block_size)
+        write_model_files(tmp, config, weights, run_path / "tokenizer.json", eot_id, cfg.block_size,
+                          chat_template_of(run_path))
         _write_json(tmp / META_FILE, meta)
         (tmp / "README.md").write_text(card, encoding="utf-8")
         if (run_path / "loss.png").is_file():
@@ -169,14 +192,20 @@ def export_run(
 
 
 def write_model_files(dest: Path, config: dict, weights: dict[str, torch.Tensor], tokenizer_json: Path, eot_id: int,
-                      block_size: int) -> None:
-    """What `from_pretrained` reads: config, weights, generation config and the fast tokenizer's files."""
+                      block_size: int, chat_template: str | None = None) -> None:
+    """What `from_pretrained` reads: config, weights, generation config, the fast tokenizer's files and a chat
+    model's template."""
+    tok = load_tokenizer(tokenizer_json)
+    specials = {t.content: i for i, t in tok.get_added_tokens_decoder().items() if t.special}
+    im_end = tok.token_to_id(IM_END) if chat_template else None
     save_file(weights, str(dest / "model.safetensors"), metadata={"format": "pt"})
     _write_json(dest / "config.json", config)
-    _write_json(dest / "generation_config.json", generation_config(eot_id))
+    _write_json(dest / "generation_config.json", generation_config(eot_id, im_end))
     shutil.copyfile(tokenizer_json, dest / "tokenizer.json")
-    for name, content in tokenizer_files(eot_id, block_size).items():
+    for name, content in tokenizer_files(eot_id, block_size, specials, chat_template).items():
         _write_json(dest / name, content)
+    if chat_template:
+        (dest / TEMPLATE_FILE).write_text(chat_template, encoding="utf-8")
 
 
 def write_transformers_model(run, dest: str | Path) -> Path:
@@ -187,7 +216,8 @@ def write_transformers_model(run, dest: str | Path) -> Path:
     eot_id = run.tokenizer.token_to_id(EOT)
     config, weights = to_hf(run.model.config, model_state(run.model), eot_id)
     dest.mkdir(parents=True, exist_ok=True)
-    write_model_files(dest, config, weights, run.path / "tokenizer.json", eot_id, run.model.config.block_size)
+    write_model_files(dest, config, weights, run.path / "tokenizer.json", eot_id, run.model.config.block_size,
+                      chat_template_of(run.path))
     return dest
 
 
@@ -355,8 +385,9 @@ def import_hf(hf_dir: str | Path, out_run_dir: str | Path, force: bool = False) 
     try:  # built aside and moved in whole: a refused import leaves --out as it was
         import_tokenizer(src, tmp / "tokenizer.json")
         info = write_run(tmp, cfg, weights, int(meta.get("step", 0)), meta, {"imported_from": str(src.resolve())})
-        if (src / "loss.png").is_file():
-            shutil.copyfile(src / "loss.png", tmp / "loss.png")
+        for name in ("loss.png", TEMPLATE_FILE):  # a chat model stays one: sample --chat, serve use its template
+            if (src / name).is_file():
+                shutil.copyfile(src / name, tmp / name)
         out.mkdir(parents=True, exist_ok=True)
         for name in RUN_FILES:
             target = out / name
