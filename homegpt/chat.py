@@ -6,10 +6,13 @@ It is rendered as transformers' `apply_chat_template` renders it: Jinja2 in a sa
 lstrip_blocks, the loop-control extension, `raise_exception`, `strftime_now` and transformers' `tojson`;
 `messages`, `add_generation_prompt=True` and the tokenizer's special tokens (`bos_token`, `eos_token`, ...)
 as variables. The rendered text is the whole prompt (a template that wants a start token writes
-`{{ bos_token }}`), and the answer ends at the template's `eos_token` as well as at <|endoftext|>.
+`{{ bos_token }}`), and the answer ends at the template's `eos_token` as well as at <|endoftext|>; and at
+<|im_end|> when the template is ChatML (it writes "<|im_end|>"), as llama.cpp also ends ChatML turns: that
+is how a chat run (`homegpt sft` writes conversations.CHATML_TEMPLATE into it), which has no
+tokenizer_config.json to name an eos_token, ends its answers.
 
-A base model has no template (homegpt's own models have none yet). Then the prompt is plain text, after the
-start marker as every completion prompt is:
+A base model has no template (a pretraining run). Then the prompt is plain text, after the start marker as
+every completion prompt is:
 
     {system message}\\n\\n          (if there is one; several are joined by blank lines)
     User: {content}\\n             (one line per user message)
@@ -28,6 +31,7 @@ from datetime import datetime
 from pathlib import Path
 
 from homegpt.errors import UserError
+from homegpt.tokenizer import IM_END
 
 ROLES = ("system", "developer", "user", "assistant")
 PLAIN_NAMES = {"user": "User", "assistant": "Assistant"}
@@ -58,8 +62,15 @@ class ChatFormat:
         if self.template is None:
             return ChatPrompt(plain_text(msgs), True, (PLAIN_STOP,))
         text = render_template(self.template, msgs, self.special_tokens)
-        eos = self.special_tokens.get("eos_token")
-        return ChatPrompt(text, False, (), (eos,) if eos else ())
+        return ChatPrompt(text, False, (), self.end_tokens)
+
+    @property
+    def end_tokens(self) -> tuple[str, ...]:
+        """Special tokens that end an answer besides <|endoftext|>: the eos_token, ChatML's <|im_end|>."""
+        ends = [self.special_tokens.get("eos_token")]
+        if self.template and IM_END in self.template:
+            ends.append(IM_END)
+        return tuple(dict.fromkeys(e for e in ends if e))
 
 
 def _message(m: dict, i: int) -> dict:
