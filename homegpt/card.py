@@ -78,6 +78,17 @@ def describe_data(source: str) -> tuple[str, list[str]]:
     return (f"`{source}`" if source else NOT_RECORDED), []
 
 
+def chat_data(info: dict) -> tuple[str, str] | None:
+    """(the base's pretraining text, the conversations) of a run made by `homegpt sft`; None for any other."""
+    sft = info.get("sft")
+    if not isinstance(sft, dict):
+        return None
+    source = info.get("data_source", "")
+    convs = ("homegpt's built-in instruction task (questions about verses of the World English Bible)"
+             if source == "builtin" else describe_data(source)[0].replace("text collection", "conversation file"))
+    return describe_data(sft.get("base_data_source", ""))[0], convs
+
+
 def short_source(source: str) -> str:
     """A source as it may appear in public: no local directories."""
     if source.startswith("file:"):
@@ -219,6 +230,9 @@ def render_card(
     tokens = ev.get("tokens_trained")
     comp = compute_facts(cfg, tokens)
     data_text, _ = describe_data(source)
+    chat = chat_data(info)
+    if chat:
+        data_text = chat[0]
     manifest = _read_manifest(info.get("data_dir", ""))
     hardware = hardware or info.get("hardware") or ev.get("device") or NOT_RECORDED
     cost = cost_usd if cost_usd is not None else info.get("cost_usd")
@@ -228,8 +242,12 @@ def render_card(
     parts.append(
         f"A small {'GPT-2' if cfg.arch == 'gpt2' else 'Qwen3'}-style language model trained from scratch with "
         f"[homegpt](https://pypi.org/project/homegpt/) "
-        f"on {data_text}. It continues text; it is not an assistant and was not tuned to follow instructions. "
-        f"These are the weights at training step {step:,}.\n"
+        + (f"on {data_text}. It continues text; it is not an assistant and was not tuned to follow instructions. "
+           if not chat else
+           f"on {data_text}, then fine-tuned to chat (`homegpt sft`, loss on the assistant's turns only) on "
+           f"{chat[1]}. Prompt it with its chat template (ChatML: `tokenizer.apply_chat_template`); it ends its "
+           f"answers with `<|im_end|>`. ")
+        + f"These are the weights at training step {step:,}.\n"
     )
     parts.append("## Model\n")
     parts.append(_table([
@@ -239,7 +257,8 @@ def render_card(
         ("layers / heads / width", f"{cfg.n_layer} / {cfg.n_head} / {cfg.n_embd}"),
         ("context", f"{cfg.block_size} tokens"),
         ("vocabulary", f"{cfg.vocab_size:,} (byte-level BPE; padded to a multiple of 64, padding ids are unused)"),
-        ("special token", f"`{EOT}`: separates documents; used as bos, eos and pad"),
+        ("special token", f"`{EOT}`: separates documents; used as bos, eos and pad" + (
+            "; `<|im_start|>` and `<|im_end|>` open and close the turns of a conversation (eos)" if chat else "")),
         ("dropout", f"{cfg.dropout}"),
     ]))
     parts.append("## Training data\n")
@@ -269,7 +288,9 @@ def render_card(
     ]))
     parts.append("## Evaluation\n")
     if "val_loss" in ev:
-        parts.append(f"On {ev.get('val_tokens', 0):,} held-out tokens ({held_out_note(source)}):\n")
+        parts.append(f"On {ev.get('val_tokens', 0):,} held-out tokens ({held_out_note(source)}):\n" if not chat else
+                     f"On the assistant's {ev.get('val_tokens', 0):,} tokens of held-out conversations (one in "
+                     f"20, never trained on):\n")
         parts.append(_table([
             ("loss", f"{ev['val_loss']:.4f} nats/token"),
             ("perplexity", f"{ev['val_perplexity']:.2f}"),
@@ -280,8 +301,8 @@ def render_card(
     if has_loss_curve:
         parts.append("![training and held-out loss against tokens trained](loss.png)\n")
     parts.append(_samples_section(samples))
-    parts.append(_usage_section(where, cfg))
-    parts.append(_limitations(cfg, data_text, tokens))
+    parts.append(_usage_section(where, cfg) + (_chat_usage(where) if chat else ""))
+    parts.append(_limitations(cfg, data_text, tokens, chat is not None))
     return "\n".join(parts)
 
 
@@ -358,14 +379,31 @@ pretrained={where}`) work as for any {"GPT-2" if cfg.arch == "gpt2" else "Qwen3"
 """
 
 
-def _limitations(cfg: GPTConfig, data_text: str, tokens: int | None) -> str:
+def _chat_usage(where: str) -> str:
+    return f"""
+As a chat model (the template renders exactly the ids it was fine-tuned on; `generate` stops at `<|im_end|>`):
+
+```python
+from transformers import pipeline
+
+chat = pipeline("text-generation", model="{where}")
+print(chat([{{"role": "user", "content": "Hello!"}}], max_new_tokens=50)[0]["generated_text"][-1]["content"])
+```
+
+With homegpt: `homegpt sample my-run --chat`, or `homegpt serve` for an OpenAI-compatible chat API.
+"""
+
+
+def _limitations(cfg: GPTConfig, data_text: str, tokens: int | None, chat: bool = False) -> str:
     amount = f"{tokens:,} tokens" if tokens else "an unrecorded amount of text"
+    tuning = ("Its chat fine-tuning taught it a format and its data's tasks, not judgement; it has had no safety "
+              "training." if chat else "It has had no instruction tuning and no safety training.")
     return f"""## Limitations
 
 - Small and briefly trained ({amount}): it produces fluent-looking but often incoherent or wrong text, and
   states falsehoods as readily as facts. Do not rely on anything it says.
 - It only knows the style and content of {data_text}; it has no knowledge of other subjects or of recent events,
-  and it reproduces that text's biases. It has had no instruction tuning and no safety training.
+  and it reproduces that text's biases. {tuning}
 - It sees at most {cfg.block_size} tokens of context.
 - Metrics are on held-out text from the same source: they say nothing about other kinds of text.
 """

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from homegpt import __version__, plan_cli, serve_cli, share_cli
+from homegpt import __version__, chat_cli, plan_cli, serve_cli, share_cli
 from homegpt.errors import UserError
 from homegpt.sources import add_source_flags, count_arg
 
@@ -223,8 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval)
 
-    # Stages with several subcommands register their own: sharing (sample/export/import/push), serving, planning.
+    # Stages with several subcommands register their own: sharing (sample/export/import/push), chat fine-tuning
+    # (sft), serving, planning.
     share_cli.register(sub)
+    chat_cli.register(sub)
     serve_cli.register(sub)
     plan_cli.register(sub)
     return p

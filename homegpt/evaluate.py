@@ -115,6 +115,9 @@ def _held_out_split(run, spec: str, batch_size: int, progress: bool) -> dict:
     from homegpt.shards import check_split, open_split
 
     manifest = run_manifest(run)
+    if manifest is None and "sft" in run.info:
+        raise UserError(f"the packed conversations of {run.path} ({run.data_dir}) are gone: pass --data SOURCE to "
+                        f"score text")
     if manifest is None:  # the prepared data is gone: the same documents, packed as prepare packed them
         result = _score(run, spec, "held-out", "stream", 0, batch_size, progress)
         result["where"] = f"the held-out documents of {spec}, re-encoded (no prepared data at {run.data_dir})"

@@ -45,8 +45,17 @@ def cmd_sample(args) -> int:
     from homegpt.sample import encode_prompt, generate, generate_many
 
     opts = _options(args)
-    prompts = [] if args.interactive else _prompts(args)
+    if args.chat and (args.interactive or args.prompt or args.prompts_file):
+        raise UserError("--chat reads the conversation from stdin: leave out --prompt, --prompts-file and "
+                        "--interactive")
+    if args.system is not None and not args.chat:
+        raise UserError("--system goes with --chat")
+    prompts = [] if args.interactive or args.chat else _prompts(args)
     run = load_run(args.run, device=args.device, step=args.step)
+    if args.chat:
+        from homegpt.chat_cli import chat_session
+
+        return chat_session(run, opts, args.system, args.json)
     for p in prompts:  # every prompt is checked before anything is printed
         encode_prompt(run.tokenizer, p, run.model.config.block_size, opts.max_new_tokens)
     if args.interactive:
@@ -186,6 +195,9 @@ def register(sub) -> None:
     s.add_argument("--num-samples", type=int, default=1)
     s.add_argument("--batch-size", type=int, default=16, help="rows per batch when sampling many prompts")
     s.add_argument("--interactive", action="store_true", help="read prompts from stdin, one per line, until EOF")
+    s.add_argument("--chat", action="store_true", help="a chat that keeps the conversation: one message per stdin "
+                   "line, in the run's chat template (homegpt sft writes one)")
+    s.add_argument("--system", help="--chat: a system message to start the conversation with")
     s.add_argument("--step", type=step_arg, default=None, help=STEP_HELP)
     s.add_argument("--device", default="auto")
     s.add_argument("--json", action="store_true", help="JSON output (one object per prompt with --interactive)")
