@@ -53,3 +53,22 @@ def test_a_time_budgeted_run_replans_its_length_and_keeps_a_whole_decay(data_dir
     assert flat and all(a >= b for a, b in zip(lrs[flat[-1]:], lrs[flat[-1] + 1:], strict=False))
     state = json.loads((sorted((tmp_path / "r" / "checkpoints").iterdir())[-1] / "state.json").read_text())
     assert state["total_steps"] == len(rows) and state["wall_s"] > 0
+
+
+def test_the_time_budget_plans_from_the_later_half_of_the_steps_not_one_reading():
+    """Steps took 1 s, then 2 s: the plan uses the later half's 2 s per step, whatever the meter's
+    instantaneous speed says, and evaluation time is spread over eval_interval rather than counted as steps."""
+    from homegpt.timebudget import TimeBudget
+
+    cfg = tiny_config("unused", max_seconds=200.0, eval_interval=10, decay_fraction=0.2)
+    budget = TimeBudget(cfg, 0.0)
+    now = {"t": 0.0}
+    budget.wall = lambda: now["t"]
+    total = 1000
+    for step in range(41):
+        now["t"] = float(step) if step <= 20 else 20.0 + 2 * (step - 20)
+        if step == 30:
+            budget.bookkeeping(0.0, evaluated=True)  # a free evaluation: nothing to spread
+        total = budget.replan(step, total, tokens_per_s=1e9, batch_tokens=512, world=1, device=torch.device("cpu"))
+    # at step 40, wall 60 s: 140 s left at 2 s per step (steps 20..40) = 70 more steps
+    assert total == 40 + 70
