@@ -227,7 +227,7 @@ def file_rows(path: Path) -> Iterator[Row]:
 
 
 def _json_rows(path: Path) -> Iterator[Row]:
-    from homegpt.formats import _lines, _read_stream, open_binary
+    from homegpt.formats import _lines, _read_stream, jsonl_records, open_binary
 
     stream, raw = open_binary(path)
     with stream, raw:
@@ -240,13 +240,7 @@ def _json_rows(path: Path) -> Iterator[Row]:
         for i, record in enumerate(rows):
             yield Row(f"{path} element {i}", record)
         return
-    for lineno, line in _lines(path, None):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            raise UserError(f"{path}:{lineno} is not JSON (JSON Lines needs one object per line)") from None
+    for lineno, record in jsonl_records(path, problem="is not JSON (JSON Lines needs one object per line)"):
         yield Row(f"{path}:{lineno}", record)
 
 

@@ -279,14 +279,22 @@ def _safe_iter(reader, path: Path) -> Iterator[bytes]:
         yield line
 
 
-def jsonl_documents(path: Path, column: str | None, progress: Progress | None = None) -> Iterator[str | None]:
+def jsonl_records(path: Path, progress: Progress | None = None,
+                  problem: str = "is not a JSON object (JSON Lines needs one per line)",
+                  ) -> Iterator[tuple[int, object]]:
+    """(line number, parsed value) of each non-blank line of a JSON Lines file; a line that does not parse is
+    a UserError "{path}:{line} {problem}"."""
     for lineno, line in _lines(path, progress):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            yield lineno, json.loads(line)
         except json.JSONDecodeError:
-            raise UserError(f"{path}:{lineno} is not a JSON object (JSON Lines needs one per line)") from None
+            raise UserError(f"{path}:{lineno} {problem}") from None
+
+
+def jsonl_documents(path: Path, column: str | None, progress: Progress | None = None) -> Iterator[str | None]:
+    for lineno, record in jsonl_records(path, progress):
         yield _record_text(record, f"{path}:{lineno}", column)
 
 
