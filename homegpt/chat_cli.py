@@ -79,21 +79,15 @@ def register(sub) -> None:
 def chat_session(run, opts, system: str | None = None, as_json: bool = False) -> int:
     """The terminal chat of `homegpt sample RUN --chat` (see the module doc)."""
     from homegpt.chat import load_chat_format
+    from homegpt.share_cli import stdin_lines
 
     fmt = load_chat_format(run.path)
     history: list[dict] = [{"role": "system", "content": system}] if system else []
-    tty, turn = sys.stdin.isatty(), 0
-    if tty:
+    turn = 0
+    if sys.stdin.isatty():
         kind = "its chat template" if fmt.kind == "template" else "the plain User:/Assistant: format (no template)"
         print(f"chatting with {run.path} ({kind}); Ctrl-D ends", file=sys.stderr)
-    while True:
-        if tty:
-            sys.stderr.write("you> ")
-            sys.stderr.flush()
-        line = sys.stdin.readline()
-        if not line:
-            return 0
-        text = line.rstrip("\n")
+    for text in stdin_lines("you> "):
         if not text.strip():
             continue
         messages = history + [{"role": "user", "content": text}]
@@ -112,6 +106,7 @@ def chat_session(run, opts, system: str | None = None, as_json: bool = False) ->
                              ensure_ascii=False), flush=True)
         else:
             _write("\n")
+    return 0
 
 
 def fit_prompt(run, fmt, messages: list[dict], max_new: int) -> tuple[list[int], set[int], tuple[str, ...], int]:

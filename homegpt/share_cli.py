@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from homegpt.errors import UserError
@@ -78,20 +79,25 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def stdin_lines(marker: str) -> Iterator[str]:
+    """Lines of stdin (newline removed) until EOF, with `marker` on stderr before each when it is a terminal."""
+    tty = sys.stdin.isatty()
+    while True:
+        if tty:
+            sys.stderr.write(marker)
+            sys.stderr.flush()
+        line = sys.stdin.readline()
+        if not line:
+            return
+        yield line.rstrip("\n")
+
+
 def _interactive(run, opts, args) -> int:
     """One prompt per stdin line until EOF; each answer streamed (or one JSON line each with --json)."""
     from homegpt.sample import encode_prompt, generate
 
-    tty = sys.stdin.isatty()
     n = 0
-    while True:
-        if tty:
-            sys.stderr.write("> ")
-            sys.stderr.flush()
-        line = sys.stdin.readline()
-        if not line:
-            break
-        prompt = line.rstrip("\n")
+    for prompt in stdin_lines("> "):
         try:
             encode_prompt(run.tokenizer, prompt, run.model.config.block_size, opts.max_new_tokens)
         except UserError as e:  # one bad prompt does not end the session
