@@ -33,6 +33,7 @@ from pathlib import Path
 from homegpt.errors import UserError
 from homegpt.tokenizer import IM_END
 
+TEMPLATE_FILE = "chat_template.jinja"  # a model folder's chat template (written by sft and export)
 ROLES = ("system", "developer", "user", "assistant")
 PLAIN_NAMES = {"user": "User", "assistant": "Assistant"}
 PLAIN_STOP = "\nUser:"
@@ -135,7 +136,7 @@ def load_chat_format(folder: Path) -> ChatFormat:
     config = _read_json(folder / "tokenizer_config.json")
     special = {k: _token_text(config.get(k)) for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
     special = {k: v for k, v in special.items() if v}
-    jinja = folder / "chat_template.jinja"
+    jinja = folder / TEMPLATE_FILE
     if jinja.is_file():
         return ChatFormat(jinja.read_text(encoding="utf-8"), special)
     template = config.get("chat_template")

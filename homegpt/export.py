@@ -36,6 +36,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from homegpt import __version__
+from homegpt.chat import TEMPLATE_FILE
 from homegpt.checkpoint import numpy_rng_json, python_rng_json
 from homegpt.errors import UserError
 from homegpt.hf_arch import HF_CLASS, from_hf, to_hf
@@ -45,12 +46,11 @@ from homegpt.tokenizer import EOT, IM_END, file_sha256, load_tokenizer
 META_FILE = "homegpt.json"
 EXPORT_FILES = (
     "config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-    "special_tokens_map.json", "chat_template.jinja", "README.md", "loss.png", META_FILE,
+    "special_tokens_map.json", TEMPLATE_FILE, "README.md", "loss.png", META_FILE,
 )
-TEMPLATE_FILE = "chat_template.jinja"
 # What a run directory holds (checkpoint.py): replaced as a whole by `import --force`.
 RUN_FILES = ("run.json", "config.toml", "tokenizer.json", "checkpoints", "metrics.csv", "samples.txt", "loss.png",
-             "eval.json", "chat_template.jinja")
+             "eval.json", TEMPLATE_FILE)
 
 
 # --------------------------------------------------------------------------------------------- export

@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 
 from homegpt import __version__
+from homegpt.chat import TEMPLATE_FILE
 from homegpt.conversations import CHATML_TEMPLATE
 from homegpt.errors import UserError
 from homegpt.model import GPT, GPTConfig, count_params
@@ -50,7 +51,6 @@ LR_SCALE = 0.3  # SFT's learning rates = the base recipe's x this (BENCHMARKS.md
 WARMUP_FRACTION = 0.05
 EVALUATIONS = 5
 DATA_DIR = "sft-data"
-TEMPLATE_FILE = "chat_template.jinja"
 ROW_INIT = "mean of the base's trained token rows"
 
 
@@ -260,7 +260,7 @@ def _move_into(tmp: Path, out: Path) -> None:
     from homegpt.export import RUN_FILES
 
     out.mkdir(parents=True, exist_ok=True)
-    for name in (*RUN_FILES, DATA_DIR, TEMPLATE_FILE, "tensorboard"):
+    for name in (*RUN_FILES, DATA_DIR, "tensorboard"):  # RUN_FILES has the template
         target = out / name
         shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
     for f in tmp.iterdir():
