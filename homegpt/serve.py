@@ -6,7 +6,7 @@
     POST /v1/completions       prompt (a string or a list) -> text, streamed as server-sent events or not
     POST /v1/chat/completions  messages, rendered by chat.py (the model's template, or a plain one) -> text
 
-FastAPI on uvicorn. Every request becomes rows (prompt x n) for serve_worker.Worker, whose thread runs the
+FastAPI on uvicorn. Every request becomes rows (prompt x n) for serve_worker.Worker, whose process runs the
 continuous-batching engine; this module only validates, encodes, and turns the rows' events into OpenAI's
 JSON. Errors are OpenAI's {"error": {"message", "type", "param", "code"}}: 400 for invalid fields and for a
 prompt + max_tokens over the context, 401 for a missing or wrong API key (with --api-key), 404 for an
@@ -62,7 +62,7 @@ def create_app(served: Served, max_batch: int = 16, max_queue: int = 64, api_key
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        worker.start()
+        await worker.start()
         yield
         worker.stop()
 
@@ -93,7 +93,7 @@ def create_app(served: Served, max_batch: int = 16, max_queue: int = 64, api_key
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "model": served.name, **worker.snapshot()}
+        return {"status": "error" if worker.exited else "ok", "model": served.name, **worker.snapshot()}
 
     def model_card() -> dict:
         return {"id": served.name, "object": "model", "created": created, "owned_by": "homegpt",
@@ -204,7 +204,7 @@ def _budget(served: Served, prompt_tokens: int, max_tokens: int | None, param: s
 
 def _submit(worker: Worker, rows: list[RowSpec]) -> Generation:
     try:
-        return worker.submit(rows, asyncio.get_running_loop())
+        return worker.submit(rows)
     except Overloaded as e:
         raise APIError(503, f"The server is overloaded: {e}", type="server_error", code="overloaded") from None
     except UserError as e:

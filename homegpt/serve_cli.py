@@ -94,8 +94,8 @@ def register(sub) -> None:
                    "HOMEGPT_API_KEY environment variable, else no key)")
     s.add_argument("--max-batch", type=int, default=16, help="rows decoded together at most (default 16)")
     s.add_argument("--max-queue", type=int, default=64, help="rows waiting at most; beyond: HTTP 503 (default 64)")
-    s.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: torch's, "
-                   "one per core); 1 is often fastest for a small model")
+    s.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default on a CPU: one "
+                   "per core but one, left to HTTP and the clients); 1 is often fastest for a small model")
     s.add_argument("--cors", action="append", metavar="ORIGIN", help="allow browser pages from ORIGIN to call the "
                    "API (repeatable; default: no CORS)")
     s.add_argument("--name", default=None, help="the model id clients use (default: the folder's name)")
