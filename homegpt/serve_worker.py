@@ -3,8 +3,8 @@
 Why a process and not a thread: decoding a small model on a CPU is mostly Python between short torch ops,
 and so is the HTTP side (JSON, server-sent events, the event loop). In one process they take turns on one
 interpreter lock, so the server could never use more than about one core, however many it has; measured
-with 16 streaming clients on 2 cores, the threaded server used 1.07 cores while 0.76 sat idle
-(BENCHMARKS.md, Serving). vLLM splits its engine from its API server the same way.
+with 16 streaming clients on 2 cores, the threaded server used 1.05 cores while 0.8 sat idle, and the split
+gives 20-25% more tokens/s (BENCHMARKS.md, Serving). vLLM splits its engine from its API server the same way.
 
     HTTP process (event loop)                        engine process (spawned)
     Worker.submit(rows) --("submit", id, rows)-->    rows wait, join the running batch at the next step
@@ -225,7 +225,7 @@ class Worker:
 
 def default_threads(device: str) -> int:
     """torch's threads for the engine process: on a CPU one core fewer than torch would take, for the HTTP
-    process and the clients (2 cores, 16 clients: 1,496 tokens/s with 1 thread vs 1,115 with 2)."""
+    process and the clients (2 cores, 16 clients: 1,496.5 tokens/s with 1 thread vs 1,114.8 with 2)."""
     n = torch.get_num_threads()
     return max(1, n - 1) if torch.device(device).type == "cpu" else n
 
