@@ -93,7 +93,7 @@ def create_app(served: Served, max_batch: int = 16, max_queue: int = 64, api_key
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "error" if worker.exited else "ok", "model": served.name, **worker.snapshot()}
+        return {"status": worker.status(), "model": served.name, **worker.snapshot()}
 
     def model_card() -> dict:
         return {"id": served.name, "object": "model", "created": created, "owned_by": "homegpt",

@@ -18,8 +18,10 @@ The model's weights are not copied: CPU tensors go through shared memory, CUDA t
 The pipe carries pickles only between these two processes of one server, never from a file.
 
 A bug inside a step fails the rows of that step (HTTP 500 for them) and the engine goes on. If the engine
-process itself dies, every open request fails, /health says so, and new requests get HTTP 503 until the
-server is restarted. More waiting rows than --max-queue: `Overloaded` (HTTP 503).
+process itself dies (killed, out of memory), every open request fails and a new engine process starts from
+the same shared weights (new requests get HTTP 503 meanwhile); if it dies again within RESTART_WINDOW_S of
+a restart, the server stops trying: /health says so and requests get 503 until it is restarted. More
+waiting rows than --max-queue: `Overloaded` (HTTP 503).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import multiprocessing.connection
+import time
 import traceback
 from dataclasses import dataclass
 
@@ -37,6 +40,7 @@ from homegpt.errors import UserError
 from homegpt.sample import TextStream
 
 START_TIMEOUT_S = 300  # spawning the engine process: a fresh interpreter importing torch and homegpt
+RESTART_WINDOW_S = 60  # an engine that dies again this soon after a restart is not restarted again
 
 
 class Overloaded(Exception):
@@ -104,12 +108,17 @@ class Worker:
         self.generations: dict[int, Generation] = {}
         self.sent_rows: dict[int, int] = {}  # submit number -> rows, until the engine has taken it
         self.ids = itertools.count()
+        self.peak = 0  # the most rows that ever decoded together, over every engine process
         self.process = self.conn = None
-        self.exited: str | None = None  # why the engine process is gone
+        self.exited: str | None = None  # why the engine process is gone (None while one runs)
+        self.restarts, self.restarting, self.started_at, self.stopping = 0, False, 0.0, False
+        self.counted = {"tokens": 0, "errors": 0}  # by engine processes that have exited
 
     # ------------------------------------------------------------------ event-loop side
 
     def submit(self, rows: list[RowSpec]) -> Generation:
+        if self.restarting:
+            raise Overloaded(f"the engine process exited ({self.exited}) and is restarting: try again shortly")
         if self.exited:
             raise Overloaded(f"the engine process has exited ({self.exited}): restart homegpt serve")
         for r in rows:
@@ -133,11 +142,14 @@ class Worker:
             except OSError as e:
                 self._gone(f"the pipe to it broke: {e}")
 
+    def status(self) -> str:
+        return "restarting" if self.restarting else "error" if self.exited else "ok"
+
     def snapshot(self) -> dict:
         e = self.engine
         return {"running": e["running"], "waiting": e["waiting"] + sum(self.sent_rows.values()),
-                "peak_running": e["peak_running"], "max_batch": self.max_batch, **self.stats,
-                **({"engine_exited": self.exited} if self.exited else {})}
+                "peak_running": self.peak, "max_batch": self.max_batch, **self.stats,
+                "engine_restarts": self.restarts, **({"engine_exited": self.exited} if self.exited else {})}
 
     async def start(self) -> None:
         """Spawn the engine process and wait until it is ready to take rows."""
@@ -165,11 +177,16 @@ class Worker:
             self.process.kill()
             raise RuntimeError("the engine process did not start (its traceback is above)")
         loop.add_reader(self.conn.fileno(), self._receive)
+        self.started_at = time.monotonic()
 
     def stop(self) -> None:
+        self.stopping = True
         if self.process is None:
             return
-        if self.exited is None:
+        if self.restarting:
+            self._restart_task.cancel()
+            self.process.kill()
+        elif self.exited is None:
             asyncio.get_running_loop().remove_reader(self.conn.fileno())
             self.exited = "the server is stopping"
             try:
@@ -195,7 +212,9 @@ class Worker:
         for gid in range(self.engine["seen"], engine["seen"]):
             self.sent_rows.pop(gid, None)
         self.engine = engine
-        self.stats["tokens"], self.stats["errors"] = engine["tokens"], engine["errors"]
+        self.peak = max(self.peak, engine["peak_running"])
+        for k in ("tokens", "errors"):
+            self.stats[k] = self.counted[k] + engine[k]
         for gid, event in events:
             gen = self.generations.get(gid)
             if gen is None:
@@ -207,11 +226,10 @@ class Worker:
                     del self.generations[gid]
 
     def _gone(self, why: str) -> None:
-        """The engine process died: fail every open request (once), refuse new ones."""
+        """The engine process died: fail every open request (once), then start another one if it may."""
         if self.exited is not None:
             return
         self.exited = why
-        print(f"homegpt: the engine process has exited ({why}): open requests fail, new ones get 503", flush=True)
         try:
             asyncio.get_running_loop().remove_reader(self.conn.fileno())
         except (RuntimeError, ValueError, OSError):
@@ -221,6 +239,28 @@ class Worker:
                 gen.queue.put_nowait(Event(i, "", "error", 0))
         self.generations.clear()
         self.sent_rows.clear()
+        self.counted = dict(self.stats)
+        self.engine = {"running": 0, "waiting": 0, "peak_running": 0, "seen": 0}
+        again = not self.stopping and (self.restarts == 0 or time.monotonic() - self.started_at > RESTART_WINDOW_S)
+        print(f"homegpt: the engine process has exited ({why}): open requests fail; "
+              + ("starting a new one" if again else "it died again soon after a restart: new requests get 503 "
+                 "until homegpt serve is restarted"), flush=True)
+        if again:
+            self.restarting = True
+            self._restart_task = asyncio.get_running_loop().create_task(self._restart())
+
+    async def _restart(self) -> None:
+        self.conn.close()
+        try:
+            await self.start()
+        except RuntimeError as e:
+            print(f"homegpt: {e}: new requests get 503 until homegpt serve is restarted", flush=True)
+            return
+        finally:
+            self.restarting = False
+        self.restarts += 1
+        self.exited = None
+        print(f"homegpt: a new engine process is serving (restart {self.restarts})", flush=True)
 
 
 def default_threads(device: str) -> int:

@@ -362,27 +362,41 @@ def test_a_client_that_goes_away_stops_its_generation(export_server):
     assert h["tokens"] - before["tokens"] < 2000  # it stopped early; nothing else ran meanwhile
 
 
-def test_when_the_engine_process_dies_requests_fail_and_the_server_says_so(gpt2, tmp_path):
+def engine_process(server: Server):
+    """The engine process `homegpt serve` spawned (not multiprocessing's resource tracker)."""
     import psutil
 
+    kids = [p for p in psutil.Process(server.proc.pid).children() if "spawn_main" in " ".join(p.cmdline())]
+    assert len(kids) == 1, [p.cmdline() for p in psutil.Process(server.proc.pid).children()]
+    return kids[0]
+
+
+def wait_for_status(server: Server, status: str) -> dict:
+    deadline = time.time() + 60
+    while (h := server.health())["status"] != status:
+        assert time.time() < deadline, h
+        time.sleep(0.05)
+    return h
+
+
+def test_a_dead_engine_process_fails_its_requests_and_is_restarted_once(gpt2, tmp_path):
     server = Server(gpt2[1], tmp_path / "log.txt")
     try:
-        engines = [p for p in psutil.Process(server.proc.pid).children() if "spawn_main" in " ".join(p.cmdline())
-                   and "resource_tracker" not in " ".join(p.cmdline())]
-        assert len(engines) == 1, [p.cmdline() for p in psutil.Process(server.proc.pid).children()]
-        client = server.client()
+        client, first = server.client(), engine_process(server)
         assert client.completions.create(model="gpt2-export", prompt="The", max_tokens=3).usage.completion_tokens == 3
         stream = client.completions.create(model="gpt2-export", prompt="The", max_tokens=2000, stream=True)
         next(iter(stream))  # it is generating
-        engines[0].kill()
+        first.kill()
         with pytest.raises(openai.APIError):  # the open stream ends with an error, not with [DONE]
             for _ in stream:
                 pass
-        deadline = time.time() + 30
-        while (h := server.health())["status"] == "ok":
-            assert time.time() < deadline, h
-            time.sleep(0.05)
-        assert h["status"] == "error" and "exit code" in h["engine_exited"]
+        h = wait_for_status(server, "ok")  # a new engine process, from the same weights
+        assert h["engine_restarts"] == 1 and engine_process(server).pid != first.pid
+        again = client.completions.create(model="gpt2-export", prompt="The", max_tokens=3, temperature=0)
+        assert again.usage.completion_tokens == 3
+        engine_process(server).kill()  # dead again within a minute of its restart: no second restart
+        h = wait_for_status(server, "error")
+        assert h["engine_restarts"] == 1 and "exit code" in h["engine_exited"]
         with pytest.raises(openai.InternalServerError) as e:
             client.completions.create(model="gpt2-export", prompt="The", max_tokens=3)
         assert e.value.status_code == 503 and "restart homegpt serve" in str(e.value)
