@@ -18,10 +18,11 @@ The model's weights are not copied: CPU tensors go through shared memory, CUDA t
 The pipe carries pickles only between these two processes of one server, never from a file.
 
 A bug inside a step fails the rows of that step (HTTP 500 for them) and the engine goes on. If the engine
-process itself dies (killed, out of memory), every open request fails and a new engine process starts from
-the same shared weights (new requests get HTTP 503 meanwhile); if it dies again within RESTART_WINDOW_S of
-a restart, the server stops trying: /health says so and requests get 503 until it is restarted. More
-waiting rows than --max-queue: `Overloaded` (HTTP 503).
+process itself dies (killed, out of memory; SIGTERM excepted, which is a shutdown or someone's deliberate
+kill), every open request fails and a new engine process starts from the same shared weights (new requests
+get HTTP 503 meanwhile); if it dies again within RESTART_WINDOW_S of a restart, the server stops trying:
+/health says so and requests get 503 until it is restarted. More waiting rows than --max-queue:
+`Overloaded` (HTTP 503).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import multiprocessing.connection
+import signal
 import time
 import traceback
 from dataclasses import dataclass
@@ -206,7 +208,9 @@ class Worker:
                 self._route(events, engine)
         except (EOFError, OSError):
             self.process.join(timeout=1)
-            self._gone(f"exit code {self.process.exitcode}")
+            code = self.process.exitcode
+            # terminated on purpose (SIGTERM: a shutdown, or someone's kill): not restarted
+            self._gone(f"exit code {code}", restart=code != -signal.SIGTERM)
 
     def _route(self, events: list[tuple[int, Event]], engine: dict) -> None:
         for gid in range(self.engine["seen"], engine["seen"]):
@@ -225,7 +229,7 @@ class Worker:
                 if not gen.unfinished:
                     del self.generations[gid]
 
-    def _gone(self, why: str) -> None:
+    def _gone(self, why: str, restart: bool = True) -> None:
         """The engine process died: fail every open request (once), then start another one if it may."""
         if self.exited is not None:
             return
@@ -241,10 +245,12 @@ class Worker:
         self.sent_rows.clear()
         self.counted = dict(self.stats)
         self.engine = {"running": 0, "waiting": 0, "peak_running": 0, "seen": 0}
-        again = not self.stopping and (self.restarts == 0 or time.monotonic() - self.started_at > RESTART_WINDOW_S)
+        soon = self.restarts > 0 and time.monotonic() - self.started_at < RESTART_WINDOW_S
+        again = restart and not self.stopping and not soon
         print(f"homegpt: the engine process has exited ({why}): open requests fail; "
-              + ("starting a new one" if again else "it died again soon after a restart: new requests get 503 "
-                 "until homegpt serve is restarted"), flush=True)
+              + ("starting a new one" if again else "it died again soon after a restart" if soon else
+                 "it was terminated") + ("" if again else ": new requests get 503 until homegpt serve is restarted"),
+              flush=True)
         if again:
             self.restarting = True
             self._restart_task = asyncio.get_running_loop().create_task(self._restart())
@@ -284,6 +290,8 @@ def engine_main(conn: multiprocessing.connection.Connection, model, device: str,
     """The engine process: take rows from the pipe, step the batch, send each step's events back."""
     from tokenizers import Tokenizer
 
+    # Ctrl-C reaches the whole process group: the HTTP process handles it and stops this one over the pipe.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads or default_threads(device))
     tokenizer = Tokenizer.from_str(tokenizer_json)
     model = model.to(device).eval()
