@@ -288,9 +288,10 @@ def jsonl_records(path: Path, progress: Progress | None = None,
         if not line.strip():
             continue
         try:
-            yield lineno, json.loads(line)
+            record = json.loads(line)
         except json.JSONDecodeError:
             raise UserError(f"{path}:{lineno} {problem}") from None
+        yield lineno, record
 
 
 def jsonl_documents(path: Path, column: str | None, progress: Progress | None = None) -> Iterator[str | None]:

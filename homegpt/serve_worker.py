@@ -28,6 +28,7 @@ get HTTP 503 meanwhile); if it dies again within RESTART_WINDOW_S of a restart, 
 from __future__ import annotations
 
 import asyncio
+import copy
 import itertools
 import multiprocessing.connection
 import signal
@@ -43,6 +44,7 @@ from homegpt.sample import TextStream
 
 START_TIMEOUT_S = 300  # spawning the engine process: a fresh interpreter importing torch and homegpt
 RESTART_WINDOW_S = 60  # an engine that dies again this soon after a restart is not restarted again
+NO_ENGINE = {"running": 0, "waiting": 0, "peak_running": 0, "seen": 0}  # what an engine reports before its first step
 
 
 class Overloaded(Exception):
@@ -106,7 +108,7 @@ class Worker:
         self.max_batch, self.max_queue, self.threads = max_batch, max_queue, threads
         self.context = model.config.block_size
         self.stats = {"requests": 0, "cancelled": 0, "tokens": 0, "errors": 0}
-        self.engine = {"running": 0, "waiting": 0, "peak_running": 0, "seen": 0}  # as of its last message
+        self.engine = dict(NO_ENGINE)  # as of its last message
         self.generations: dict[int, Generation] = {}
         self.sent_rows: dict[int, int] = {}  # submit number -> rows, until the engine has taken it
         self.ids = itertools.count()
@@ -163,7 +165,7 @@ class Worker:
         if device.type == "cpu":
             model.share_memory()
         elif device.type != "cuda":  # no sharing for this device: a CPU copy, moved back in the engine process
-            model = _cpu_copy(model)
+            model = copy.deepcopy(model).cpu()
         self.process = ctx.Process(target=engine_main, name="homegpt-engine", daemon=True,
                                    args=(child, model, str(device), self.tokenizer.to_str(), self.autocast,
                                          self.max_batch, self.threads))
@@ -213,8 +215,8 @@ class Worker:
             self._gone(f"exit code {code}", restart=code != -signal.SIGTERM)
 
     def _route(self, events: list[tuple[int, Event]], engine: dict) -> None:
-        for gid in range(self.engine["seen"], engine["seen"]):
-            self.sent_rows.pop(gid, None)
+        while self.sent_rows and next(iter(self.sent_rows)) < engine["seen"]:  # submits, in order, now taken
+            del self.sent_rows[next(iter(self.sent_rows))]
         self.engine = engine
         self.peak = max(self.peak, engine["peak_running"])
         for k in ("tokens", "errors"):
@@ -243,8 +245,8 @@ class Worker:
                 gen.queue.put_nowait(Event(i, "", "error", 0))
         self.generations.clear()
         self.sent_rows.clear()
-        self.counted = dict(self.stats)
-        self.engine = {"running": 0, "waiting": 0, "peak_running": 0, "seen": 0}
+        self.counted = {k: self.stats[k] for k in self.counted}
+        self.engine = dict(NO_ENGINE)
         soon = self.restarts > 0 and time.monotonic() - self.started_at < RESTART_WINDOW_S
         again = restart and not self.stopping and not soon
         print(f"homegpt: the engine process has exited ({why}): open requests fail; "
@@ -274,12 +276,6 @@ def default_threads(device: str) -> int:
     process and the clients (2 cores, 16 clients: 1,496.5 tokens/s with 1 thread vs 1,114.8 with 2)."""
     n = torch.get_num_threads()
     return max(1, n - 1) if torch.device(device).type == "cpu" else n
-
-
-def _cpu_copy(model):
-    import copy
-
-    return copy.deepcopy(model).cpu()
 
 
 # ---------------------------------------------------------------------- the engine process
