@@ -189,7 +189,8 @@ def test_rotary_positions_make_attention_relative():
     def score(i, j):
         cos_i, sin_i = rot(torch.tensor([[i]]), 1)
         cos_j, sin_j = rot(torch.tensor([[j]]), 1)
-        return (apply_rotary(q, cos_i, sin_i) * apply_rotary(k, cos_j, sin_j)).sum().item()  # a float: approx walks tensors
+        # a float: pytest.approx walks a tensor as a sequence
+        return (apply_rotary(q, cos_i, sin_i) * apply_rotary(k, cos_j, sin_j)).sum().item()
     assert score(7, 3) == pytest.approx(score(14, 10), abs=1e-5)
     assert score(7, 3) != pytest.approx(score(7, 4), abs=1e-3)
 
