@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from homegpt.chattask import KINDS, TEST_CONVERSATIONS, score_run
+from homegpt.chat.score import score_run
+from homegpt.data.builtin_chat import KINDS, TEST_CONVERSATIONS
 
 
 def fine_tune(base: Path, out: Path, flags: list[str]) -> float:

@@ -42,10 +42,10 @@ def run_demo(data: str, out: Path) -> dict:
 
 
 def run_baseline(data: str, out: Path, seconds: float) -> dict:
-    from homegpt.config import TrainConfig
-    from homegpt.prepare import prepare, read_manifest
-    from homegpt.tokenizer import train_tokenizer
-    from homegpt.train import measure_throughput, train
+    from homegpt.data.prepare import prepare, read_manifest
+    from homegpt.data.tokenizer import train_tokenizer
+    from homegpt.train.config import TrainConfig
+    from homegpt.train.loop import measure_throughput, train
 
     train_tokenizer(data, 8192, out / "tok", force=True)
     prepare(data, out / "tok", out / "data", force=True)

@@ -27,11 +27,11 @@ VARIANTS = {
 
 
 def main() -> None:
+    from homegpt.data.prepare import prepare
+    from homegpt.data.tokenizer import train_tokenizer
     from homegpt.demo import DEMO_VOCAB, demo_config
-    from homegpt.model import flops_per_token
-    from homegpt.prepare import prepare
-    from homegpt.tokenizer import train_tokenizer
-    from homegpt.train import train
+    from homegpt.model.gpt import flops_per_token
+    from homegpt.train.loop import train
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--flops", type=float, default=1.5e13)

@@ -1,7 +1,7 @@
 """GPU training benchmark and CUDA smoke checks, in one short script for a session that has a GPU.
 
 The benchmark: the `seed-51m` preset (8 layers, 8 heads, 512 wide, 50,304-token vocabulary) at context 1024
-through the real trainer (`homegpt.train.train`: bf16 autocast, torch.compile, fused AdamW, automatic
+through the real trainer (`homegpt.train.loop.train`: bf16 autocast, torch.compile, fused AdamW, automatic
 micro-batch, the real loader) on data made by the real pipeline. It reports the steady tokens/s and MFU
 from the run's own metrics.csv (the live meter; evaluation and checkpoint time excluded), and the time and
 cost to train 1.1B tokens at that rate (the $50 recipe's token count; price: the GPU table's, or --price).
@@ -40,14 +40,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from homegpt.checkpoint import checkpoint_dirs
-from homegpt.config import TrainConfig
-from homegpt.device import autocast_for, pick_device
-from homegpt.hf_arch import HF_CLASS
-from homegpt.model import flops_per_token
-from homegpt.prepare import prepare
-from homegpt.tokenizer import train_tokenizer
-from homegpt.train import train
+from homegpt.data.prepare import prepare
+from homegpt.data.tokenizer import train_tokenizer
+from homegpt.model.gpt import flops_per_token
+from homegpt.rundir.checkpoint import checkpoint_dirs
+from homegpt.runtime.device import autocast_for, pick_device
+from homegpt.share.hf_arch import HF_CLASS
+from homegpt.train.config import TrainConfig
+from homegpt.train.loop import train
 
 TOKENS_1_1B = 1.1e9
 
@@ -135,8 +135,8 @@ def _sync(device: torch.device) -> None:
 
 def run_checks(data: Path, base: dict, work: Path) -> dict:
     """Tiny real runs over the GPU-only code paths; each entry 'ok' or the error it raised."""
-    from homegpt.evaluate import evaluate_run
-    from homegpt.sample import sample_run
+    from homegpt.eval.evaluate import evaluate_run
+    from homegpt.generate.sample import sample_run
 
     results: dict[str, str] = {}
     small = dict(base, max_steps=6, eval_interval=3, eval_tokens=4096, batch_tokens=base["block_size"] * 8,
@@ -214,7 +214,7 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     price = args.price
     if not price and device.type == "cuda":
-        from homegpt.hardware import detect_gpu
+        from homegpt.runtime.hardware import detect_gpu
 
         gpu = detect_gpu(name)
         price = gpu.price_per_hour if gpu else 0.0

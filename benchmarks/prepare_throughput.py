@@ -32,7 +32,7 @@ import threading
 import time
 from pathlib import Path
 
-from homegpt.meter import process_tree_memory_mb
+from homegpt.train.meter import process_tree_memory_mb
 
 
 class PeakSampler(threading.Thread):
@@ -47,7 +47,7 @@ class PeakSampler(threading.Thread):
 
 
 def make_corpus(path: Path, mb: float) -> tuple[int, int]:
-    from homegpt.sources import load_corpus
+    from homegpt.data.sources import load_corpus
 
     corpus = load_corpus("builtin")
     docs = corpus.train + corpus.val
@@ -80,8 +80,8 @@ def time_encoders(tok_path: Path, docs: list[str]) -> dict:
     """MB/s of each encoder on one core over the same documents, and whether tiktoken's ids are identical."""
     from tokenizers import Tokenizer
 
-    from homegpt.fastenc import build_tiktoken, tokenizer_spec
-    from homegpt.tokenizer import EOT
+    from homegpt.data.fastenc import build_tiktoken, tokenizer_spec
+    from homegpt.data.tokenizer import EOT
 
     nbytes = sum(len(d.encode("utf-8")) for d in docs)
     tok = Tokenizer.from_file(str(tok_path))
@@ -111,8 +111,8 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    from homegpt.prepare import default_workers
-    from homegpt.tokenizer import train_tokenizer
+    from homegpt.data.prepare import default_workers
+    from homegpt.data.tokenizer import train_tokenizer
 
     workers = args.workers or default_workers()
     with tempfile.TemporaryDirectory(prefix="homegpt-prep-bench-") as tmp:

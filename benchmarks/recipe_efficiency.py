@@ -79,8 +79,8 @@ def pydoc_corpus(out: Path) -> str:
 
 
 def prepare_data(source: str, out: Path, log) -> Path:
-    from homegpt.prepare import prepare
-    from homegpt.tokenizer import train_tokenizer
+    from homegpt.data.prepare import prepare
+    from homegpt.data.tokenizer import train_tokenizer
 
     data = out / "data"
     if (data / "manifest.json").is_file() and json.loads((data / "manifest.json").read_text()).get("source") == source:
@@ -105,8 +105,8 @@ def seed_lines(source: str, data_dir: Path, seed: int):
     to SEED_LEN with <|endoftext|> (GPT-2's tokenizer has no pad token: its eos pads), shuffled."""
     import torch
 
-    from homegpt.sources import load_corpus
-    from homegpt.tokenizer import EOT, load_tokenizer
+    from homegpt.data.sources import load_corpus
+    from homegpt.data.tokenizer import EOT, load_tokenizer
 
     tok = load_tokenizer(data_dir / "tokenizer.json")
     eot = tok.token_to_id(EOT)
@@ -124,7 +124,7 @@ def seed_lines(source: str, data_dir: Path, seed: int):
 
 
 def shape_config(shape: tuple[int, int], block: int, arch: str):
-    from homegpt.model import GPTConfig
+    from homegpt.model.gpt import GPTConfig
 
     n_layer, n_embd = shape
     return GPTConfig(n_layer, max(1, n_embd // 32), n_embd, block, VOCAB, arch=arch)
@@ -132,8 +132,8 @@ def shape_config(shape: tuple[int, int], block: int, arch: str):
 
 def flops_per_token_and_step(recipe: str, shape: tuple[int, int]) -> tuple[float, float]:
     """(FLOPs per training token, extra FLOPs per optimizer step) as every recipe is counted."""
-    from homegpt.model import GPT, flops_per_token
-    from homegpt.optim import muon_flops_per_step
+    from homegpt.model.gpt import GPT, flops_per_token
+    from homegpt.train.optim import muon_flops_per_step
 
     if recipe == "seed":
         return flops_per_token(shape_config(shape, SEED_LEN - 1, "gpt2")), 0.0
@@ -161,9 +161,8 @@ def run_job(job: dict) -> dict:
 
 
 def _train_homegpt(job: dict, steps: int) -> dict:
-    from homegpt.config import TrainConfig
-    from homegpt.optim import MUON_EMBEDDING_LR, MUON_HEAD_LR, MUON_LR, MUON_SCALAR_LR
-    from homegpt.train import train
+    from homegpt.train.config import MUON_EMBEDDING_LR, MUON_HEAD_LR, MUON_LR, MUON_SCALAR_LR, TrainConfig
+    from homegpt.train.loop import train
 
     n_layer, n_embd = job["shape"]
     common = dict(data_dir=job["data_dir"], preset="", n_layer=n_layer, n_head=max(1, n_embd // 32), n_embd=n_embd,
@@ -185,10 +184,10 @@ def _train_seed(job: dict, steps: int) -> dict:
     """The published loop: padded rows, loss over every position (padding included), AdamW at a constant lr."""
     import torch
 
-    from homegpt.evaluate import evaluate_tokens
-    from homegpt.model import GPT
-    from homegpt.prepare import open_split
-    from homegpt.tokenizer import load_tokenizer, token_byte_lengths
+    from homegpt.data.prepare import open_split
+    from homegpt.data.tokenizer import load_tokenizer, token_byte_lengths
+    from homegpt.model.gpt import GPT
+    from homegpt.train.heldout import evaluate_tokens
 
     data_dir = Path(job["data_dir"])
     rows, _ = seed_lines(job["source"], data_dir, job["seed"])

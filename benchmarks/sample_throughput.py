@@ -41,10 +41,10 @@ def pseudo_text(n_lines: int = 3000, seed: int = 0) -> list[str]:
 
 def build_export(work: Path) -> tuple[Path, Path]:
     """A homegpt run holding a random GPT of SHAPE, and its transformers export."""
-    from homegpt.export import export_run, write_run
-    from homegpt.model import GPT, GPTConfig
-    from homegpt.sources import Corpus
-    from homegpt.tokenizer import train_tokenizer_on
+    from homegpt.data.sources import Corpus
+    from homegpt.data.tokenizer import train_tokenizer_on
+    from homegpt.model.gpt import GPT, GPTConfig
+    from homegpt.share.export import export_run, write_run
 
     # A tokenizer is part of a run. Decoding speed does not depend on what it learned, so it is trained on
     # seeded pseudo-words: offline, about a second, and the same tokenizer on every machine.
@@ -84,9 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from homegpt.checkpoint import load_run
-    from homegpt.sample import generate_ids
-    from homegpt.tokenizer import EOT
+    from homegpt.data.tokenizer import EOT
+    from homegpt.generate.sample import generate_ids
+    from homegpt.rundir.checkpoint import load_run
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()

@@ -55,10 +55,10 @@ def build_run(work: Path) -> Path:
     import torch
     from sample_throughput import pseudo_text
 
-    from homegpt.export import write_run
-    from homegpt.model import GPT, PRESETS, GPTConfig
-    from homegpt.sources import Corpus
-    from homegpt.tokenizer import train_tokenizer_on
+    from homegpt.data.sources import Corpus
+    from homegpt.data.tokenizer import train_tokenizer_on
+    from homegpt.model.gpt import GPT, PRESETS, GPTConfig
+    from homegpt.share.export import write_run
 
     cfg = GPTConfig(**{**PRESETS["cpu-small"], "arch": "modern"})
     tok = train_tokenizer_on(Corpus("pseudo-words", pseudo_text(), []), cfg.vocab_size)

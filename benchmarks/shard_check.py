@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from homegpt import shards
-from homegpt.shards import SplitWriter, check_shard, check_split, split_shards
+from homegpt.data import shards
+from homegpt.data.shards import SplitWriter, check_shard, check_split, split_shards
 
 VOCAB = 50257
 

@@ -6,7 +6,7 @@ GPT-2 (the default, --arch gpt2) against GPT2LMHeadModel; the modern architectur
 settings on every parameter (not the modern recipe's Muon: the point is the model code), random tokens.
 Each library trains in its own worker process, set up the way a user of it would run it: the homegpt
 worker does what `homegpt train` does on a CPU before training (it keeps freed memory for reuse:
-`homegpt.device.tune_cpu_allocator`), the transformers worker is a plain PyTorch loop.
+`homegpt.runtime.device.tune_cpu_allocator`), the transformers worker is a plain PyTorch loop.
 The workers take turns (ABAB...) so that machine noise hits both alike; each round is several optimizer
 steps after a warm-up; the median round counts. --same-process times both models in this one process
 instead, under the same allocator, which measures the model code alone.
@@ -32,9 +32,9 @@ import time
 
 import torch
 
-from homegpt.device import tune_cpu_allocator
-from homegpt.hf_arch import HF_CLASS
-from homegpt.model import GPT, GPTConfig, flops_per_token
+from homegpt.model.gpt import GPT, GPTConfig, flops_per_token
+from homegpt.runtime.device import tune_cpu_allocator
+from homegpt.share.hf_arch import HF_CLASS
 
 SIDES = ("homegpt", "transformers")
 
@@ -68,7 +68,7 @@ def make_qwen3(cfg: GPTConfig):
     """Qwen3ForCausalLM from the config `homegpt export` writes for this model (hf_arch.to_hf)."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from homegpt.hf_arch import to_hf
+    from homegpt.share.hf_arch import to_hf
 
     with torch.device("meta"):  # the config needs the names, not the weights
         state = GPT(cfg).state_dict()

@@ -19,11 +19,11 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from homegpt.config import TrainConfig
+from homegpt.data.prepare import prepare, read_manifest
+from homegpt.data.tokenizer import train_tokenizer
 from homegpt.errors import UserError
-from homegpt.model import count_params
-from homegpt.prepare import prepare, read_manifest
-from homegpt.tokenizer import train_tokenizer
+from homegpt.model.gpt import count_params
+from homegpt.train.config import TrainConfig
 
 DEMO_PROMPTS = ("In the beginning", "The king said", "Love is")
 DEMO_VOCAB = 2048
@@ -47,7 +47,7 @@ def demo_config(data_dir: Path, seed: int = 1337) -> TrainConfig:
         dropout=0.0,
         batch_tokens=2048,  # small batches, many steps: better than 4096 at equal tokens (BENCHMARKS.md)
         micro_batch=16,
-        warmup_steps=30,  # the modern recipe (arch, Muon + AdamW, WSD) at its tuned rates: optim.py
+        warmup_steps=30,  # the modern recipe (arch, Muon + AdamW, WSD) at its tuned rates: train/config.py
         eval_interval=100,
         eval_tokens=16384,
         sample_tokens=48,
@@ -65,8 +65,8 @@ def run_demo(
     progress: bool = True,
 ) -> dict:
     """Run the pipeline into out_dir (tokenizer/, data/, run/) within about `seconds` of wall time."""
-    from homegpt.sample import sample_run
-    from homegpt.train import train
+    from homegpt.generate.sample import sample_run
+    from homegpt.train.loop import train
 
     log = log or (lambda m: print(m, file=sys.stderr))
     t0 = time.perf_counter()
@@ -122,11 +122,11 @@ def choose_shape(base: TrainConfig, vocab: int, unique_tokens: int, budget_s: Ca
     """The largest ladder shape with >= MIN_TOKENS_PER_PARAM tokens per parameter and <= unique_tokens
     parameters; the smallest shape when none qualifies.
 
-    speed(cfg) times the shape (default: a real training step on this machine, homegpt.train's
+    speed(cfg) times the shape (default: a real training step on this machine, homegpt.train.loop's
     measure_throughput) and returns at least {"tokens_per_s": ...}. Climbing stops at the first shape that
     fails: larger shapes are slower and bigger, so they would fail too.
     """
-    from homegpt.train import measure_throughput
+    from homegpt.train.loop import measure_throughput
 
     speed = speed or (lambda cfg: measure_throughput(cfg, vocab, steps=2))
     chosen: tuple[TrainConfig, dict] | None = None

@@ -18,7 +18,7 @@ os.environ.setdefault("HOMEGPT_CACHE", tempfile.mkdtemp(prefix="homegpt-cache-")
 @pytest.fixture(scope="session")
 def corpus_dir(tmp_path_factory):
     """40 chapters of the built-in corpus as 40 .txt files (enough documents for a document split)."""
-    from homegpt.sources import load_corpus
+    from homegpt.data.sources import load_corpus
 
     corpus = load_corpus("builtin")
     d = tmp_path_factory.mktemp("corpus")
@@ -34,7 +34,7 @@ def source(corpus_dir):
 
 @pytest.fixture(scope="session")
 def tokenizer_dir(source, tmp_path_factory):
-    from homegpt.tokenizer import train_tokenizer
+    from homegpt.data.tokenizer import train_tokenizer
 
     out = tmp_path_factory.mktemp("tok")
     train_tokenizer(source, 512, out, force=True)
@@ -43,7 +43,7 @@ def tokenizer_dir(source, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def data_dir(source, tokenizer_dir, tmp_path_factory):
-    from homegpt.prepare import prepare
+    from homegpt.data.prepare import prepare
 
     out = tmp_path_factory.mktemp("data")
     prepare(source, tokenizer_dir, out, force=True)
@@ -63,7 +63,7 @@ def one_thread():
 
 
 def tiny_config(data_dir, **overrides):
-    from homegpt.config import TrainConfig
+    from homegpt.train.config import TrainConfig
 
     values = dict(
         data_dir=str(data_dir), preset="cpu-tiny", batch_tokens=512, micro_batch=4, max_steps=6,
@@ -75,7 +75,7 @@ def tiny_config(data_dir, **overrides):
 
 @pytest.fixture(scope="session")
 def trained_run(data_dir, tmp_path_factory):
-    from homegpt.train import train
+    from homegpt.train.loop import train
 
     out = tmp_path_factory.mktemp("run") / "run"
     result = train(tiny_config(data_dir), out, progress=False, log=lambda m: None)

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from homegpt.checkpoint import checkpoint_dirs
 from homegpt.cli import main
+from homegpt.rundir.checkpoint import checkpoint_dirs
 
 
 def run_cli(capsys, *args):

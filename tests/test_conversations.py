@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from homegpt.cli import main
-from homegpt.conversations import CHATML_TEMPLATE, encode, marked_template, prompt_ids, render
-from homegpt.packed import Packer
-from homegpt.tokenizer import EOT, IM_END, IM_START, load_tokenizer
+from homegpt.data.conversations import CHATML_TEMPLATE, encode, marked_template, prompt_ids, render
+from homegpt.data.packed import Packer
+from homegpt.data.tokenizer import EOT, IM_END, IM_START, load_tokenizer
 
 CONVERSATION = [
     {"role": "system", "content": "You are terse.\nVery terse."},
@@ -30,7 +30,7 @@ def hf_tokenizer(tokenizer_dir, tmp_path_factory):
     """The session's tokenizer as transformers loads it, with homegpt's ChatML template."""
     from transformers import AutoTokenizer
 
-    from homegpt.export import tokenizer_files
+    from homegpt.share.export import tokenizer_files
 
     tok = load_tokenizer(tokenizer_dir)
     specials = {t.content: i for i, t in tok.get_added_tokens_decoder().items()}
@@ -154,8 +154,8 @@ def test_parquet_files_and_hf_datasets_read_the_same_conversations(tokenizer_dir
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from homegpt.chattask import task_conversations
-    from homegpt.packed import write_packed
+    from homegpt.data.builtin_chat import task_conversations
+    from homegpt.data.packed import write_packed
 
     rows = [{"messages": item.messages, "source": "task"} for item in task_conversations("train", 30)]
     rows[3] = {"prompt": rows[3]["messages"][-2]["content"], "completion": rows[3]["messages"][-1]["content"]}
@@ -177,7 +177,7 @@ def test_parquet_files_and_hf_datasets_read_the_same_conversations(tokenizer_dir
 
 
 def test_a_damaged_loss_mask_is_refused(trained_run, tmp_path, capsys):
-    from homegpt.chattask import task_conversations
+    from homegpt.data.builtin_chat import task_conversations
 
     data = tmp_path / "chat.jsonl"
     data.write_text("".join(json.dumps({"messages": i.messages}) + "\n" for i in task_conversations("train", 40)))

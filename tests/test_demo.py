@@ -4,7 +4,7 @@ import json
 
 from homegpt.cli import main
 from homegpt.demo import choose_shape, demo_config
-from homegpt.model import count_params
+from homegpt.model.gpt import count_params
 
 
 def test_demo_on_a_user_text_file(tmp_path, capsys, corpus_dir):
@@ -31,7 +31,7 @@ def test_demo_on_a_user_text_file(tmp_path, capsys, corpus_dir):
 
 def test_more_data_picks_a_bigger_model(tmp_path):
     """The sizing rule on a fixed speed model (speed falling with FLOPs per token, as on a real CPU)."""
-    from homegpt.model import flops_per_token
+    from homegpt.model.gpt import flops_per_token
 
     base = demo_config(tmp_path)
     speed = lambda cfg: {"tokens_per_s": 1.0e11 / flops_per_token(cfg.model_config(2048))}  # noqa: E731

@@ -7,10 +7,10 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from homegpt.checkpoint import checkpoint_dirs
-from homegpt.device import autocast_for, find_micro_batch, make_scaler, resolve_dtype
 from homegpt.errors import UserError
-from homegpt.train import train
+from homegpt.rundir.checkpoint import checkpoint_dirs
+from homegpt.runtime.device import autocast_for, find_micro_batch, make_scaler, resolve_dtype
+from homegpt.train.loop import train
 
 QUIET = dict(progress=False, log=lambda m: None)
 
@@ -60,7 +60,7 @@ def test_cpu_allocator_tuning_applies_on_linux_and_can_be_turned_off():
     import subprocess
     import sys
 
-    code = "from homegpt.device import tune_cpu_allocator as t; print(t(), t())"
+    code = "from homegpt.runtime.device import tune_cpu_allocator as t; print(t(), t())"
     on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "HOMEGPT_TUNE_MALLOC": "0"}).stdout.split()

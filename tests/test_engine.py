@@ -7,9 +7,9 @@ import random
 import pytest
 import torch
 
-from homegpt.engine import Engine, Sampling, Scheduler, Sequence
-from homegpt.model import GPT, GPTConfig
-from homegpt.sample import TextStream, generate_ids
+from homegpt.generate.engine import Engine, Sampling, Scheduler, Sequence
+from homegpt.generate.sample import TextStream, generate_ids
+from homegpt.model.gpt import GPT, GPTConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -26,7 +26,7 @@ def noisy_gpt(arch: str) -> GPT:
 def model(request, trained_run):
     if request.param == "gpt2":
         return noisy_gpt("gpt2")
-    from homegpt.checkpoint import load_run
+    from homegpt.rundir.checkpoint import load_run
 
     return load_run(trained_run[0], device="cpu").model
 
@@ -80,7 +80,7 @@ def test_scheduler_admits_waiting_rows_as_slots_free_and_drops_cancelled_ones(mo
 
 
 def test_text_stream_decodes_incrementally_as_a_whole_decode_would(trained_run):
-    from homegpt.tokenizer import load_tokenizer
+    from homegpt.data.tokenizer import load_tokenizer
 
     tok = load_tokenizer(trained_run[0] / "tokenizer.json")
     rng = random.Random(1)
@@ -97,7 +97,7 @@ def test_text_stream_decodes_incrementally_as_a_whole_decode_would(trained_run):
 
 
 def test_text_stream_stops_and_ends(trained_run):
-    from homegpt.tokenizer import EOT, load_tokenizer
+    from homegpt.data.tokenizer import EOT, load_tokenizer
 
     tok = load_tokenizer(trained_run[0] / "tokenizer.json")
     eot = tok.token_to_id(EOT)
@@ -112,7 +112,7 @@ def test_text_stream_stops_and_ends(trained_run):
 
 
 def test_sampling_filters_each_row_with_its_own_settings_and_draws_from_its_distribution():
-    from homegpt.model import draw, sampling_probs
+    from homegpt.model.gpt import draw, sampling_probs
 
     torch.manual_seed(0)
     logits = torch.randn(3, 50) * 3

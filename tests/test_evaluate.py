@@ -3,9 +3,9 @@ import math
 import numpy as np
 import torch
 
-from homegpt.evaluate import evaluate_tokens
-from homegpt.model import GPT, GPTConfig
-from homegpt.tokenizer import EOT, load_tokenizer, round_vocab, token_byte_lengths
+from homegpt.data.tokenizer import EOT, load_tokenizer, round_vocab, token_byte_lengths
+from homegpt.model.gpt import GPT, GPTConfig
+from homegpt.train.heldout import evaluate_tokens
 
 
 def test_bits_per_byte_matches_hand_computation(tokenizer_dir):

@@ -12,10 +12,10 @@ from conftest import tiny_config
 from safetensors.torch import load_file, save_file
 
 from homegpt.cli import main
+from homegpt.data.tokenizer import EOT
 from homegpt.errors import UserError
-from homegpt.export import export_run, import_hf, write_run
-from homegpt.model import GPT, GPTConfig, count_params
-from homegpt.tokenizer import EOT
+from homegpt.model.gpt import GPT, GPTConfig, count_params
+from homegpt.share.export import export_run, import_hf, write_run
 
 UNICODE_TEXT = (
     "Café naïve façade — déjà vu, Ærøskøbing, Straße.\n\n\n"
@@ -67,7 +67,7 @@ def exported(trained_run, tmp_path_factory):
 @pytest.fixture(scope="module")
 def exported_gpt2(data_dir, tmp_path_factory):
     """A GPT-2 trained a few steps, exported (GPT2LMHeadModel)."""
-    from homegpt.train import train
+    from homegpt.train.loop import train
 
     run_dir = tmp_path_factory.mktemp("gpt2-run") / "run"
     train(tiny_config(data_dir, arch="gpt2"), run_dir, progress=False, log=lambda m: None)
@@ -77,7 +77,7 @@ def exported_gpt2(data_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def untied_run(data_dir, tmp_path_factory):
     """A modern SwiGLU model with an untied head, trained a few steps."""
-    from homegpt.train import train
+    from homegpt.train.loop import train
 
     run_dir = tmp_path_factory.mktemp("untied-run") / "run"
     train(tiny_config(data_dir, mlp="swiglu", tie_embeddings=False, max_steps=3, sample_tokens=0), run_dir,
@@ -102,9 +102,9 @@ def make_run(path, block_size: int, tok_vocab: int, docs: list[str], **model):
     """A run around a random GPT (no training; GPT-2 unless model says otherwise), with a tokenizer of about
     tok_vocab tokens. Every weight is perturbed: the modern initialisation zeroes the output projections,
     which would leave attention and the MLP out of the comparison, and sets every gain to 1."""
-    from homegpt.checkpoint import model_state
-    from homegpt.sources import Corpus
-    from homegpt.tokenizer import round_vocab, train_tokenizer_on
+    from homegpt.data.sources import Corpus
+    from homegpt.data.tokenizer import round_vocab, train_tokenizer_on
+    from homegpt.rundir.checkpoint import model_state
 
     tok = train_tokenizer_on(Corpus("t", docs, []), tok_vocab)
     path.mkdir(parents=True)
@@ -136,7 +136,7 @@ def assert_logits_match(run_dir, hf_model, ids):
 
 
 def homegpt_logits(run_dir, ids):
-    from homegpt.checkpoint import load_run
+    from homegpt.rundir.checkpoint import load_run
 
     run = load_run(run_dir, device="cpu")
     with torch.no_grad():
@@ -198,7 +198,7 @@ def test_transformers_logits_match_homegpt(which, request):
 def test_every_architecture_exports_and_imports_exactly(tmp_path, docs, model):
     """Logits equal transformers' within 1e-4 for each architecture and head; importing the export back gives
     the identical weights, config (dropout too, from homegpt.json) and logits."""
-    from homegpt.checkpoint import load_run, model_state
+    from homegpt.rundir.checkpoint import load_run, model_state
 
     run = make_run(tmp_path / "run", 48, 400, docs, **model)
     out = tmp_path / "hf"
@@ -220,7 +220,7 @@ def test_every_architecture_exports_and_imports_exactly(tmp_path, docs, model):
 def test_autotokenizer_ids_equal_homegpt_on_unicode(exported, hf):
     run_dir, _, _ = exported
     _, tok = hf
-    from homegpt.tokenizer import load_tokenizer
+    from homegpt.data.tokenizer import load_tokenizer
 
     ours = load_tokenizer(run_dir / "tokenizer.json")
     assert tok.is_fast
@@ -236,7 +236,7 @@ def test_autotokenizer_ids_equal_homegpt_on_unicode(exported, hf):
 def test_pipeline_generates_and_greedy_matches_homegpt(which, request):
     pipeline = need_transformers().pipeline
 
-    from homegpt.sample import SampleOptions, generate
+    from homegpt.generate.sample import SampleOptions, generate
 
     run_dir, out, _ = request.getfixturevalue(which)
     model, tok = load_hf(out)
@@ -244,7 +244,7 @@ def test_pipeline_generates_and_greedy_matches_homegpt(which, request):
     text = pipe("In the beginning", max_new_tokens=5, do_sample=False)[0]["generated_text"]
     assert text.startswith("In the beginning") and len(text) > len("In the beginning")
 
-    from homegpt.checkpoint import load_run
+    from homegpt.rundir.checkpoint import load_run
 
     run = load_run(run_dir, device="cpu")
     ids = torch.tensor([[0] + tok("In the")["input_ids"]])
@@ -256,8 +256,8 @@ def test_pipeline_generates_and_greedy_matches_homegpt(which, request):
 
 def test_repetition_penalty_matches_transformers(exported, hf):
     """homegpt's penalty is transformers' RepetitionPenaltyLogitsProcessor (both count the prompt's tokens)."""
-    from homegpt.checkpoint import load_run
-    from homegpt.sample import generate_ids
+    from homegpt.generate.sample import generate_ids
+    from homegpt.rundir.checkpoint import load_run
 
     run_dir, _, _ = exported
     model, tok = hf
@@ -291,7 +291,7 @@ def test_exports_of_other_block_and_vocab_sizes(tmp_path, docs, block_size, tok_
 
 @BOTH
 def test_export_then_import_gives_identical_weights(which, request, tmp_path):
-    from homegpt.checkpoint import load_run, model_state
+    from homegpt.rundir.checkpoint import load_run, model_state
 
     run_dir, out, _ = request.getfixturevalue(which)
     code = main(["import", str(out), "--out", str(tmp_path / "back")])
@@ -314,8 +314,8 @@ def test_export_then_import_gives_identical_weights(which, request, tmp_path):
 
 @BOTH
 def test_imported_run_resumes_training(which, request, data_dir, tmp_path):
-    from homegpt.config import load_config
-    from homegpt.train import train
+    from homegpt.train.config import load_config
+    from homegpt.train.loop import train
 
     run_dir, out, info = request.getfixturevalue(which)
     run = tmp_path / "run"
@@ -418,7 +418,7 @@ def test_import_of_a_qwen3_saved_by_transformers(exported, tmp_path):
 def test_untied_head_is_saved_and_reloaded(untied_run, tmp_path):
     """checkpoint.model_state keeps an untied head (it used to drop every lm_head.weight), and a checkpoint
     without it is refused in one line rather than loaded with a random head."""
-    from homegpt.checkpoint import checkpoint_dirs, load_run, load_weights
+    from homegpt.rundir.checkpoint import checkpoint_dirs, load_run, load_weights
 
     ckpt = checkpoint_dirs(untied_run)[-1]
     saved = load_file(str(ckpt / "model.safetensors"))
@@ -473,7 +473,7 @@ def test_model_card_has_every_field(exported):
 
 
 def test_card_names_the_class_and_the_runtimes_of_each_architecture():
-    from homegpt.card import render_card
+    from homegpt.share.card import render_card
 
     def card(**model):
         cfg = GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=16, vocab_size=128, **model)
@@ -493,7 +493,7 @@ def test_card_names_the_class_and_the_runtimes_of_each_architecture():
 
 
 def test_card_lists_hub_datasets_and_says_what_is_unknown():
-    from homegpt.card import render_card
+    from homegpt.share.card import render_card
 
     info = {"model": GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=64).to_dict(),
             "data_source": "hf:alice/stories", "data_dir": ""}
@@ -539,7 +539,7 @@ def test_push_without_a_token_says_so(exported, capsys, monkeypatch, tmp_path):
 def test_push_offline_and_unreachable_are_one_line_errors(exported, monkeypatch):
     import huggingface_hub.constants as hc
 
-    from homegpt.hub import push_run
+    from homegpt.share.hub import push_run
 
     secret = "hf_another_secret"
     monkeypatch.setenv("HF_TOKEN", secret)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from homegpt.meter import Meter, cpu_peak, cpu_peak_cache, measure_matmul_flops
+from homegpt.train.meter import Meter, cpu_peak, cpu_peak_cache, measure_matmul_flops
 
 
 def test_mfu_never_exceeds_one_and_a_low_peak_is_raised():
@@ -39,7 +39,7 @@ def test_a_time_budgeted_run_replans_its_length_and_keeps_a_whole_decay(data_dir
     checked loosely (a loaded machine takes fewer steps) and the schedule exactly."""
     import csv
 
-    from homegpt.train import train
+    from homegpt.train.loop import train
 
     cfg = tiny_config(data_dir, max_steps=100000, max_seconds=4.0, eval_interval=25, sample_tokens=0,
                       warmup_steps=2, decay_fraction=0.5)
@@ -58,7 +58,7 @@ def test_a_time_budgeted_run_replans_its_length_and_keeps_a_whole_decay(data_dir
 def test_the_time_budget_plans_from_the_later_half_of_the_steps_not_one_reading():
     """Steps took 1 s, then 2 s: the plan uses the later half's 2 s per step, whatever the meter's
     instantaneous speed says, and evaluation time is spread over eval_interval rather than counted as steps."""
-    from homegpt.timebudget import TimeBudget
+    from homegpt.train.timebudget import TimeBudget
 
     cfg = tiny_config("unused", max_seconds=200.0, eval_interval=10, decay_fraction=0.2)
     budget = TimeBudget(cfg, 0.0)

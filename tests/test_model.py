@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from homegpt.errors import UserError
-from homegpt.model import GPT, PRESETS, GPTConfig, count_params, preset
+from homegpt.model.gpt import GPT, PRESETS, GPTConfig, count_params, preset
 
 
 def small(**kw) -> GPTConfig:
@@ -62,7 +62,7 @@ def test_kv_cache_greedy_equals_no_cache_greedy():
 def test_cached_logits_match_full_forward():
     torch.manual_seed(2)
     model = GPT(small()).eval()
-    from homegpt.model import KVCache
+    from homegpt.model.gpt import KVCache
 
     x = torch.randint(0, 128, (2, 12))
     full, _ = model(x)
@@ -163,7 +163,7 @@ def test_cached_decoding_equals_uncached_for_every_variant(variant):
     no_cache = torch.cat(list(model.generate(prompt, 20, temperature=0, use_cache=False)), dim=1)
     assert torch.equal(with_cache, no_cache)
     full, _ = model(prompt)
-    from homegpt.model import KVCache
+    from homegpt.model.gpt import KVCache
 
     cache = KVCache(model.config, 3, 5, "cpu")
     stepped = torch.cat([model(prompt[:, :2], cache=cache)[0]] + [model(prompt[:, i:i + 1], cache=cache)[0]
@@ -181,7 +181,7 @@ def test_modern_model_has_no_biases_no_position_embedding_and_zero_output_projec
 
 def test_rotary_positions_make_attention_relative():
     """Shifting a whole sequence's positions changes nothing that attention sees (q·k depends on the offset)."""
-    from homegpt.model import apply_rotary
+    from homegpt.model.gpt import apply_rotary
 
     cfg = small(arch="modern")
     rot = GPT(cfg).rotary

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from homegpt.config import TrainConfig
-from homegpt.model import GPT, GPTConfig
-from homegpt.optim import (
+from homegpt.model.gpt import GPT, GPTConfig
+from homegpt.train.config import TrainConfig
+from homegpt.train.optim import (
     OptimizerSet,
     apply_schedule,
     decay_start,

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from homegpt import optim
 from homegpt.cli import main
-from homegpt.config import DEFAULT_ARCH, load_config
 from homegpt.errors import UserError
-from homegpt.hardware import GPUS, detect_gpu, lookup_gpu
-from homegpt.model import GPT, GPTConfig, count_params
-from homegpt.plan import Arch, count_data, deepseek_lr, measure_plan, plan, search_shape, write_config
+from homegpt.model.gpt import GPT, GPTConfig, count_params
+from homegpt.plan.budget import Arch, count_data, deepseek_lr, measure_plan, plan, search_shape, write_config
+from homegpt.runtime.hardware import GPUS, detect_gpu, lookup_gpu
+from homegpt.train import config
+from homegpt.train.config import DEFAULT_ARCH, load_config
 
 PLAN_KEYS = {"flops", "n_opt", "d_opt", "tokens_per_param", "predicted_loss", "model", "batch_tokens", "lr",
              "hours", "cost_usd", "recipe"}
@@ -93,8 +93,8 @@ def test_modern_plan_counts_the_real_modern_model(capsys, mlp, tied):
     rec = r["recipe"]
     assert (rec["optimizer"], rec["schedule"], rec["min_lr_ratio"]) == ("muon", "wsd", 0.0)
     assert (rec["lr"], rec["embedding_lr"], rec["head_lr"], rec["scalar_lr"]) == (
-        optim.MUON_LR, optim.MUON_EMBEDDING_LR, optim.MUON_HEAD_LR, optim.MUON_SCALAR_LR)
-    assert r["lr"] == optim.MUON_LR  # Muon's rate does not follow DeepSeek's compute rule
+        config.MUON_LR, config.MUON_EMBEDDING_LR, config.MUON_HEAD_LR, config.MUON_SCALAR_LR)
+    assert r["lr"] == config.MUON_LR  # Muon's rate does not follow DeepSeek's compute rule
 
 
 def test_arch_gpt2_plans_as_before(capsys):
@@ -114,13 +114,13 @@ def test_arch_gpt2_plans_as_before(capsys):
 
 def test_compute_optimal_recipe_is_what_plan_writes(tmp_path):
     """recipes/bookcorpus-compute-optimal.toml is the command in its comment, run today (a change to the planner
-    or to optim.py's learning rates means: run that command again)."""
+    or to train/config.py's learning rates means: run that command again)."""
     written = tmp_path / "co.toml"
     write_config(plan(flops=3.4e17, vocab_size=50304, block_size=1024, unique_tokens=1.1e9), written)
     ours, recipe = (tomllib.loads(p.read_text()) for p in (written, COMPUTE_OPTIMAL))
     assert {k: v for k, v in recipe.items() if k not in ("data_dir", "eval_tokens")} == {
         k: v for k, v in ours.items() if k != "data_dir"}
-    assert recipe["arch"] == DEFAULT_ARCH and recipe["lr"] == pytest.approx(optim.MUON_LR, rel=5e-3)
+    assert recipe["arch"] == DEFAULT_ARCH and recipe["lr"] == pytest.approx(config.MUON_LR, rel=5e-3)
 
 
 def test_dollar_budget_spends_the_budget(capsys):
@@ -198,16 +198,16 @@ def test_config_without_data_dir_says_where_to_point_it(tmp_path, capsys):
 
 @pytest.mark.parametrize("arch", ["gpt2", "modern"])
 def test_measured_throughput_sets_the_hours(monkeypatch, arch):
-    import homegpt.train
+    import homegpt.train.loop
 
     timed = []
-    real = homegpt.train.measure_throughput
+    real = homegpt.train.loop.measure_throughput
 
     def measure(cfg, vocab_size, **kwargs):
         timed.append((cfg.resolved().optimizer, count_params(cfg.model_config(vocab_size))["total"]))
         return real(cfg, vocab_size, **kwargs)
 
-    monkeypatch.setattr(homegpt.train, "measure_throughput", measure)
+    monkeypatch.setattr(homegpt.train.loop, "measure_throughput", measure)
     r = measure_plan(steps=1, device="cpu", flops=1e10, vocab_size=512, block_size=32, arch=arch)
     hw = r["hardware"]
     assert hw["measured"] and hw["device"] == "cpu" and hw["flops_per_s_per_gpu"] > 0

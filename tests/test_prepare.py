@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from homegpt.cli import main
+from homegpt.data.prepare import STATE_FILE, _Run, open_split, prepare, read_manifest, token_dtype, verify
+from homegpt.data.sources import load_corpus
+from homegpt.data.tokenizer import EOT, load_tokenizer
 from homegpt.errors import UserError
-from homegpt.prepare import STATE_FILE, _Run, open_split, prepare, read_manifest, token_dtype, verify
-from homegpt.sources import load_corpus
-from homegpt.tokenizer import EOT, load_tokenizer
 
 
 def test_shards_are_packed_documents_with_eot(source, data_dir):
@@ -135,7 +135,7 @@ def test_one_and_two_workers_write_identical_bytes(tokenizer_dir, tmp_path, monk
     src = _docs_source(tmp_path, docs)
     outs = []
     for workers, chunk_chars in ((1, 30_000), (2, 7_000)):
-        monkeypatch.setattr("homegpt.prepare.MAX_CHUNK_CHARS", chunk_chars)
+        monkeypatch.setattr("homegpt.data.prepare.MAX_CHUNK_CHARS", chunk_chars)
         out = tmp_path / f"w{workers}"
         prepare(src, tokenizer_dir, out, workers=workers, shard_tokens=4096, dedup=True, max_tokens=max_tokens)
         outs.append({p.name: p.read_bytes() for p in sorted(out.iterdir())})
@@ -162,7 +162,7 @@ def test_interrupted_prepare_resumes_and_refuses_other_settings(source, tokenize
         return original(self, *args)
 
     monkeypatch.setattr(_Run, "_write", crash_on_fourth)
-    monkeypatch.setattr("homegpt.prepare.MAX_CHUNK_CHARS", 20_000)
+    monkeypatch.setattr("homegpt.data.prepare.MAX_CHUNK_CHARS", 20_000)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         prepare(source, tokenizer_dir, out, **settings)
@@ -170,7 +170,7 @@ def test_interrupted_prepare_resumes_and_refuses_other_settings(source, tokenize
     with pytest.raises(UserError, match=r"other settings \(seed differ\)"):
         prepare(source, tokenizer_dir, out, seed=5, **settings)
     monkeypatch.setattr(_Run, "_write", original)
-    monkeypatch.setattr("homegpt.prepare.MAX_CHUNK_CHARS", 9_000)  # resuming with other chunks changes nothing
+    monkeypatch.setattr("homegpt.data.prepare.MAX_CHUNK_CHARS", 9_000)  # resuming with other chunks changes nothing
     prepare(source, tokenizer_dir, out, **settings)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == {p.name: p.read_bytes() for p in reference.iterdir()}
 
@@ -236,7 +236,7 @@ def test_version_1_folders_still_open(source, tokenizer_dir, tmp_path):
 
 
 def test_loader_random_order_matches_the_trainer_and_resumes_from_json(data_dir):
-    from homegpt.loader import TokenLoader
+    from homegpt.data.loader import TokenLoader
 
     tokens = open_split(data_dir, "train")
     gen = torch.Generator().manual_seed(3)  # the trainer's draw: one generator, all of a step's windows at once
@@ -258,7 +258,7 @@ def test_loader_random_order_matches_the_trainer_and_resumes_from_json(data_dir)
 
 
 def test_loader_ranks_are_deterministic_and_disjoint(data_dir):
-    from homegpt.loader import TokenLoader
+    from homegpt.data.loader import TokenLoader
 
     tokens = open_split(data_dir, "train")
     one = TokenLoader(tokens, 16, 8, 1, seed=1)
@@ -289,8 +289,8 @@ RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.toml"))
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
 def test_recipe_configs_are_valid_and_their_scripts_name_them(path):
-    from homegpt.config import load_config
-    from homegpt.model import count_params
+    from homegpt.model.gpt import count_params
+    from homegpt.train.config import load_config
 
     cfg = load_config(path)
     params = count_params(cfg.model_config(50304))["total"]

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from homegpt.meter import process_tree_memory_mb
-from homegpt.sources import load_corpus
+from homegpt.data.sources import load_corpus
+from homegpt.train.meter import process_tree_memory_mb
 
 
 def _prepare_cmd(data: str, tok: Path, out: Path, *extra: str) -> list[str]:

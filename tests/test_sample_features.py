@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from homegpt.cli import main
-from homegpt.sample import (
+from homegpt.generate.sample import (
     SampleOptions,
     apply_repetition_penalty,
     encode_prompt,
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def loaded(trained_run):
-    from homegpt.checkpoint import load_run
+    from homegpt.rundir.checkpoint import load_run
 
     run_dir, _ = trained_run
     run = load_run(run_dir, device="cpu")

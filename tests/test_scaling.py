@@ -11,7 +11,7 @@ import pytest
 from scipy.optimize import minimize_scalar
 
 from homegpt.errors import UserError
-from homegpt.scaling import (
+from homegpt.plan.scaling import (
     LAWS,
     Law,
     bootstrap,

@@ -73,9 +73,9 @@ class Server:
 
 def never_ending_gpt2(tok_dir: Path, work: Path) -> tuple[Path, Path]:
     """A run and its export: a random GPT-2 whose <|endoftext|> logit is pinned far below every other one."""
-    from homegpt.export import export_run, write_run
-    from homegpt.model import GPT, GPTConfig
-    from homegpt.tokenizer import EOT, load_tokenizer, round_vocab
+    from homegpt.data.tokenizer import EOT, load_tokenizer, round_vocab
+    from homegpt.model.gpt import GPT, GPTConfig
+    from homegpt.share.export import export_run, write_run
 
     tok = load_tokenizer(tok_dir / "tokenizer.json")
     torch.manual_seed(0)
@@ -180,7 +180,7 @@ def test_stop_strings_echo_and_prompt_lists(run_server, trained_run, capsys):
 
 
 def test_chat_without_a_template_is_the_documented_plain_prompt(run_server):
-    from homegpt.chat import plain_text
+    from homegpt.data.chatml import plain_text
 
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who was David?"}]
     client = run_server.client()
@@ -198,7 +198,7 @@ def test_chat_without_a_template_is_the_documented_plain_prompt(run_server):
 
 
 def test_errors_are_openais_and_the_server_keeps_serving(run_server, trained_run):
-    from homegpt.tokenizer import load_tokenizer
+    from homegpt.data.tokenizer import load_tokenizer
 
     n_prompt = 1 + len(load_tokenizer(trained_run[0] / "tokenizer.json").encode("In the beginning").ids)
     client = run_server.client()
@@ -276,10 +276,10 @@ def test_an_export_folder_serves_what_its_run_samples(export_server, gpt2, capsy
 
 def test_a_qwen3_export_loads_into_memory_as_its_run(trained_run, tmp_path):
     """The modern run's export (Qwen3ForCausalLM) is what a server loads: the same weights, the same text."""
-    from homegpt.checkpoint import load_run
-    from homegpt.export import export_run
-    from homegpt.sample import SampleOptions, generate
-    from homegpt.served import load_served
+    from homegpt.generate.sample import SampleOptions, generate
+    from homegpt.rundir.checkpoint import load_run
+    from homegpt.serve.loading import load_served
+    from homegpt.share.export import export_run
 
     export_run(trained_run[0], tmp_path / "qwen3", samples=[])
     served, run = load_served(tmp_path / "qwen3", device="cpu"), load_run(trained_run[0], device="cpu")
@@ -294,7 +294,7 @@ def test_a_qwen3_export_loads_into_memory_as_its_run(trained_run, tmp_path):
 def test_a_chat_template_renders_as_transformers_does(export_server, gpt2):
     from transformers import AutoTokenizer
 
-    from homegpt.chat import load_chat_format
+    from homegpt.data.chatml import load_chat_format
 
     _, export = gpt2
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
@@ -311,7 +311,7 @@ def test_a_chat_template_renders_as_transformers_does(export_server, gpt2):
 
 
 def test_chat_formats_read_from_a_folder(tmp_path):
-    from homegpt.chat import ChatFormat, load_chat_format
+    from homegpt.data.chatml import ChatFormat, load_chat_format
     from homegpt.errors import UserError
 
     msgs = [{"role": "developer", "content": [{"type": "text", "text": "Be "}, {"type": "text", "text": "kind."}]},

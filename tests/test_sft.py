@@ -15,15 +15,16 @@ import torch
 from conftest import tiny_config
 from safetensors.torch import load_file
 
-from homegpt.chattask import score, task_conversations
-from homegpt.checkpoint import checkpoint_dirs, load_run
+from homegpt.chat.score import score
+from homegpt.chat.sft import LR_SCALE, sft
 from homegpt.cli import main
-from homegpt.config import load_config
-from homegpt.conversations import prompt_ids
-from homegpt.engine import Engine, Sampling, Scheduler, Sequence
-from homegpt.sft import LR_SCALE, sft
-from homegpt.tokenizer import EOT, IM_END, IM_START
-from homegpt.train import train
+from homegpt.data.builtin_chat import task_conversations
+from homegpt.data.conversations import prompt_ids
+from homegpt.data.tokenizer import EOT, IM_END, IM_START
+from homegpt.generate.engine import Engine, Sampling, Scheduler, Sequence
+from homegpt.rundir.checkpoint import checkpoint_dirs, load_run
+from homegpt.train.config import load_config
+from homegpt.train.loop import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 QUIET = dict(progress=False, log=lambda m: None)
@@ -103,7 +104,7 @@ def test_an_older_tokenizer_gets_chatml_rows(source, corpus_dir, tmp_path):
     start as the mean of the ordinary rows, the rest is untouched, and the optimizer starts empty."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from homegpt.prepare import prepare
+    from homegpt.data.prepare import prepare
 
     tok = Tokenizer(models.BPE())  # as homegpt trained tokenizers before ChatML was reserved
     tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
@@ -134,7 +135,7 @@ def test_an_older_tokenizer_gets_chatml_rows(source, corpus_dir, tmp_path):
 def test_the_export_chats_through_transformers_and_stops_at_im_end(sft_run, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
-    from homegpt.export import export_run
+    from homegpt.share.export import export_run
 
     run_dir, _ = sft_run
     export_run(run_dir, tmp_path / "hf", samples=[])

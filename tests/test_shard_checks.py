@@ -10,10 +10,10 @@ import pytest
 from conftest import tiny_config
 
 from homegpt.cli import main
+from homegpt.data.prepare import prepare
+from homegpt.data.shards import check_prepared, verify
 from homegpt.errors import UserError
-from homegpt.prepare import prepare
-from homegpt.shards import check_prepared, verify
-from homegpt.train import train
+from homegpt.train.loop import train
 
 
 def _tree(path):
@@ -30,7 +30,7 @@ def small_shards(source, tokenizer_dir, tmp_path_factory):
     prepare(source, tokenizer_dir, root / "a", force=True, shard_tokens=1024, log=lambda m: None)
     other = root / "other-text"
     other.mkdir()
-    from homegpt.sources import load_corpus
+    from homegpt.data.sources import load_corpus
 
     for i, doc in enumerate(load_corpus("builtin").train[100:130]):
         (other / f"d{i:03d}.txt").write_text(doc, encoding="utf-8")

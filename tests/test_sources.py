@@ -2,8 +2,8 @@ import json
 
 import pytest
 
+from homegpt.data.sources import BUILTIN_VAL_BOOKS, load_corpus, split_documents
 from homegpt.errors import UserError
-from homegpt.sources import BUILTIN_VAL_BOOKS, load_corpus, split_documents
 
 
 def test_builtin_corpus_is_clean_and_holds_out_whole_books():
@@ -77,8 +77,8 @@ def test_bad_sources(tmp_path, setup, source, message):
 import csv  # noqa: E402
 import gzip  # noqa: E402
 
-from homegpt.formats import EAGER_BYTES, TextFile  # noqa: E402
-from homegpt.sources import (  # noqa: E402
+from homegpt.data.formats import EAGER_BYTES, TextFile  # noqa: E402
+from homegpt.data.sources import (  # noqa: E402
     cut_pieces,
     iter_assigned,
     iter_documents,
@@ -177,7 +177,7 @@ def test_hf_source_options_reach_load_dataset(monkeypatch):
 
 
 def test_count_text_streams_the_same_numbers_as_load_corpus(corpus_dir):
-    from homegpt.sources import count_text
+    from homegpt.data.sources import count_text
 
     c, n = load_corpus(f"file:{corpus_dir}"), count_text(f"file:{corpus_dir}")
     assert (n["train_bytes"], n["val_bytes"]) == (c.nbytes("train"), c.nbytes("val"))
@@ -239,8 +239,8 @@ def test_big_text_file_streams_in_blocks_and_pieces(tmp_path, tokenizer_dir):
     """A text file over EAGER_BYTES is streamed; its pieces join back to the text (\\r\\n normalised across
     block boundaries) and encode to exactly the ids of the whole, because cuts fall where the pre-tokenizer
     splits anyway."""
-    from homegpt.formats import BLOCK_BYTES
-    from homegpt.tokenizer import load_tokenizer
+    from homegpt.data.formats import BLOCK_BYTES
+    from homegpt.data.tokenizer import load_tokenizer
 
     line = "In the beginning, God's   words were\tcounted: 12 345 — naïve 日本語テキスト。次の文\r\n"
     reps = (EAGER_BYTES + BLOCK_BYTES) // len(line.encode()) + 3
@@ -271,7 +271,7 @@ def test_big_text_file_bad_byte_offset_and_tail_split(tmp_path):
 
 
 def test_crlf_split_between_blocks_and_ranges(tmp_path):
-    from homegpt.formats import BLOCK_BYTES
+    from homegpt.data.formats import BLOCK_BYTES
 
     data = b"a" * (BLOCK_BYTES - 1) + b"\r\n" + "é".encode() * 10 + b"\r"
     (tmp_path / "x.txt").write_bytes(data)

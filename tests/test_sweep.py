@@ -7,14 +7,14 @@ import json
 
 import pytest
 
-from homegpt import optim
 from homegpt.cli import main
-from homegpt.config import DEFAULT_ARCH
 from homegpt.errors import UserError
-from homegpt.model import GPT, count_params
-from homegpt.plan import Arch, deepseek_lr, recipe
-from homegpt.scaling import LAWS
-from homegpt.sweep import RESULT_FIELDS, parse_budgets, read_results_rows, run_config, run_sweep, sweep_shapes
+from homegpt.model.gpt import GPT, count_params
+from homegpt.plan.budget import Arch, deepseek_lr, recipe
+from homegpt.plan.scaling import LAWS
+from homegpt.plan.sweep import RESULT_FIELDS, parse_budgets, read_results_rows, run_config, run_sweep, sweep_shapes
+from homegpt.train import config
+from homegpt.train.config import DEFAULT_ARCH
 
 BUDGET = 4e9  # two runs of ~14k and ~41k parameters on 16-46k tokens: seconds on a CPU
 
@@ -32,7 +32,7 @@ def test_sweep_runs_appends_rows_and_resumes(tmp_path, data_dir, capsys):
     assert result["ran"] == 2 and result["skipped"] == 0 and result["threads"] == 1
     rows = read_results_rows(out / "results.csv")
     assert len(rows) == 2 and list(rows[0]) == RESULT_FIELDS
-    assert all(r["arch"] == DEFAULT_ARCH and float(r["lr"]) == optim.MUON_LR for r in rows)  # the default recipe
+    assert all(r["arch"] == DEFAULT_ARCH and float(r["lr"]) == config.MUON_LR for r in rows)  # the default recipe
     params = [int(r["params"]) for r in rows]
     assert params[0] < params[1]
     for r in rows:
@@ -93,14 +93,14 @@ def test_sweep_runs_use_the_recipe_of_their_arch(arch, tmp_path):
         assert (cfg.optimizer, cfg.schedule, cfg.lr) == ("adamw", "cosine", deepseek_lr(BUDGET))
     else:
         assert (cfg.optimizer, cfg.schedule) == ("muon", "wsd")
-        assert (cfg.lr, cfg.embedding_lr, cfg.scalar_lr) == (optim.MUON_LR, optim.MUON_EMBEDDING_LR,
-                                                             optim.MUON_SCALAR_LR)
+        assert (cfg.lr, cfg.embedding_lr, cfg.scalar_lr) == (config.MUON_LR, config.MUON_EMBEDDING_LR,
+                                                             config.MUON_SCALAR_LR)
     given = run_config(shapes[0], 10_000, 1024, 8, recipe(Arch(arch), BUDGET, lr=0.005), tmp_path, "cpu")
     assert given.lr == 0.005  # --lr replaces the matrices' rate only
 
 
 def test_results_from_before_the_arch_column_are_read_and_upgraded(tmp_path):
-    from homegpt.sweep import _append_row
+    from homegpt.plan.sweep import _append_row
 
     old_fields = [f for f in RESULT_FIELDS if f != "arch"]
     results = tmp_path / "results.csv"

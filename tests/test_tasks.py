@@ -15,12 +15,12 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from homegpt.checkpoint import load_run
 from homegpt.cli import main
-from homegpt.evaluate import evaluate_run
-from homegpt.sources import load_corpus
-from homegpt.tasks import TASKS_FILE, run_tasks
-from homegpt.train import train
+from homegpt.data.sources import load_corpus
+from homegpt.eval.evaluate import evaluate_run
+from homegpt.eval.harness import TASKS_FILE, run_tasks
+from homegpt.rundir.checkpoint import load_run
+from homegpt.train.loop import train
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 

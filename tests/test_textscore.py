@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from homegpt.cli import main
-from homegpt.evaluate import evaluate_run
-from homegpt.model import GPT, GPTConfig
-from homegpt.sources import cut_pieces, load_corpus
-from homegpt.textscore import Piece, Tally, document_windows, score_windows
-from homegpt.tokenizer import EOT, file_sha256, load_tokenizer, round_vocab, token_byte_lengths
+from homegpt.data.sources import cut_pieces, load_corpus
+from homegpt.data.tokenizer import EOT, file_sha256, load_tokenizer, round_vocab, token_byte_lengths
+from homegpt.eval.evaluate import evaluate_run
+from homegpt.eval.textscore import Piece, Tally, document_windows, score_windows
+from homegpt.model.gpt import GPT, GPTConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models on a shared 2-core machine: see conftest
 
@@ -161,7 +161,7 @@ def test_whole_and_held_out_are_exclusive(trained_run, capsys):
 
 
 def test_count_data_streams_a_source_with_the_same_counts(source, tokenizer_dir):
-    from homegpt.plan import count_data
+    from homegpt.plan.budget import count_data
 
     corpus = load_corpus(source)
     tok = load_tokenizer(tokenizer_dir)

@@ -1,7 +1,7 @@
 import pytest
 
+from homegpt.data.tokenizer import EOT, load_tokenizer, round_vocab, token_byte_lengths, train_tokenizer
 from homegpt.errors import UserError
-from homegpt.tokenizer import EOT, load_tokenizer, round_vocab, token_byte_lengths, train_tokenizer
 
 UNICODE_TEXT = "Héllo wörld — naïve café\t日本語のテキスト 🙂🚀\n\n  spaces   and\ttabs\r\nend"
 
@@ -52,7 +52,7 @@ def test_bad_tokenizer_files(tmp_path):
 import json  # noqa: E402
 import random  # noqa: E402
 
-from homegpt.tokenizer import sample_corpus  # noqa: E402
+from homegpt.data.tokenizer import sample_corpus  # noqa: E402
 
 
 def _many_docs(tmp_path, n=400):
@@ -95,7 +95,7 @@ def test_train_on_a_sample_reports_it(tmp_path):
 def _unicode_heavy_text(n_chars: int, seed: int = 0) -> list[str]:
     """Documents mixing scripts, emoji (with ZWJ and flags), combining marks, digits, punctuation, contractions
     and every kind of whitespace: what the pre-tokenizer regex and byte-level BPE must agree on."""
-    from homegpt.fastenc import PROBE_TEXT
+    from homegpt.data.fastenc import PROBE_TEXT
 
     rng = random.Random(seed)
     pools = [
@@ -122,9 +122,9 @@ def test_tiktoken_encoder_is_identical_to_tokenizers(tmp_path, vocab):
     encoder prepare uses gives exactly the ids HF tokenizers gives."""
     import numpy as np
 
-    from homegpt.fastenc import Encoder, choose_encoder
-    from homegpt.sources import Corpus
-    from homegpt.tokenizer import train_tokenizer_on
+    from homegpt.data.fastenc import Encoder, choose_encoder
+    from homegpt.data.sources import Corpus
+    from homegpt.data.tokenizer import train_tokenizer_on
 
     docs = _unicode_heavy_text(1_500_000)
     tok = train_tokenizer_on(Corpus("u", docs[::3], []), vocab)
@@ -139,7 +139,7 @@ def test_tiktoken_encoder_is_identical_to_tokenizers(tmp_path, vocab):
 
 
 def test_encoder_falls_back_to_tokenizers_when_not_provably_identical(tmp_path, tokenizer_dir):
-    from homegpt.fastenc import choose_encoder, unconvertible
+    from homegpt.data.fastenc import choose_encoder, unconvertible
 
     spec = json.loads((tokenizer_dir / "tokenizer.json").read_text())
     assert unconvertible(spec) is None and choose_encoder(tokenizer_dir / "tokenizer.json")[0] == "tiktoken"

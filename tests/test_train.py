@@ -7,11 +7,11 @@ import torch
 from conftest import tiny_config
 from safetensors.torch import load_file
 
-from homegpt.checkpoint import checkpoint_dirs, load_run
-from homegpt.config import TrainConfig, load_config
 from homegpt.errors import UserError
-from homegpt.optim import lr_factor
-from homegpt.train import train
+from homegpt.rundir.checkpoint import checkpoint_dirs, load_run
+from homegpt.train.config import TrainConfig, load_config
+from homegpt.train.loop import train
+from homegpt.train.optim import lr_factor
 
 QUIET = dict(progress=False, log=lambda m: None)
 
@@ -86,7 +86,7 @@ def test_corrupted_checkpoint_is_a_user_error(data_dir, tmp_path):
 def test_tokenizer_swapped_under_a_run_is_detected(trained_run, tmp_path, tokenizer_dir, source):
     import shutil
 
-    from homegpt.tokenizer import train_tokenizer
+    from homegpt.data.tokenizer import train_tokenizer
 
     run, _ = trained_run
     copy = tmp_path / "copy"
@@ -98,7 +98,7 @@ def test_tokenizer_swapped_under_a_run_is_detected(trained_run, tmp_path, tokeni
 
 
 def test_non_finite_loss_skips_then_stops(data_dir, tmp_path, monkeypatch):
-    from homegpt import model as model_mod
+    from homegpt.model import gpt as model_mod
 
     real_forward = model_mod.GPT.forward
 
@@ -114,8 +114,8 @@ def test_non_finite_loss_skips_then_stops(data_dir, tmp_path, monkeypatch):
 def test_keeps_the_best_checkpoint_by_held_out_loss_and_commands_can_use_it(data_dir, tmp_path, capsys):
     """keep_checkpoints = 1 keeps the newest checkpoint and, besides it, the one with the lowest held-out loss;
     eval, sample and export take --step best (and export describes that checkpoint, not the last one)."""
-    from homegpt.checkpoint import best_checkpoint, checkpoint_val_loss
     from homegpt.cli import main
+    from homegpt.rundir.checkpoint import best_checkpoint, checkpoint_val_loss
 
     run = tmp_path / "r"
     # lr 0.1 overshoots: the held-out loss rises after step 2, so the best checkpoint is not the newest.
@@ -152,8 +152,8 @@ def test_a_run_without_evaluated_checkpoints_has_no_best(data_dir, tmp_path, cap
 def test_fused_adamw_resumes_with_its_step_count_beside_the_parameters():
     """Fused AdamW (used on CUDA) reads `step` as a float32 tensor on the parameter's device; a resumed
     optimizer must continue exactly like the uninterrupted one (fused AdamW also runs on CPUs)."""
-    from homegpt.checkpoint import load_optimizer_tensors, optimizer_tensors
-    from homegpt.model import GPT, GPTConfig
+    from homegpt.model.gpt import GPT, GPTConfig
+    from homegpt.train.optim import load_optimizer_tensors, optimizer_tensors
 
     torch.manual_seed(0)
     cfg = GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=64)

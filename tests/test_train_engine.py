@@ -14,9 +14,9 @@ import torch
 from conftest import tiny_config
 from safetensors.torch import load_file
 
-from homegpt.checkpoint import checkpoint_dirs
-from homegpt.config import dump_toml
-from homegpt.train import EXIT_PREEMPTED, train
+from homegpt.rundir.checkpoint import checkpoint_dirs
+from homegpt.train.config import dump_toml
+from homegpt.train.loop import EXIT_PREEMPTED, train
 
 QUIET = dict(progress=False, log=lambda m: None)
 
@@ -115,9 +115,9 @@ def test_fsdp_matches_one_process_and_checkpoints_move_between_them(data_dir, tm
 
 
 def test_fsdp_refuses_fp16_and_muon():
-    from homegpt.config import TrainConfig
     from homegpt.errors import UserError
-    from homegpt.train import check_fsdp
+    from homegpt.train.config import TrainConfig
+    from homegpt.train.loop import check_fsdp
 
     check_fsdp(TrainConfig(parallel="fsdp", dtype="bf16", optimizer="adamw").resolved(), torch.device("cpu"))
     with pytest.raises(UserError, match='set dtype = "bf16" or "fp32"'):
@@ -163,7 +163,7 @@ def test_kill_9_then_resume_reaches_the_uninterrupted_result(data_dir, tmp_path)
 
 
 def test_one_non_finite_step_is_skipped(data_dir, tmp_path, monkeypatch):
-    from homegpt import model as model_mod
+    from homegpt.model import gpt as model_mod
 
     real_forward = model_mod.GPT.forward
     calls = {"n": 0}
