@@ -22,7 +22,7 @@ PLAN_KEYS = {"flops", "n_opt", "d_opt", "tokens_per_param", "predicted_loss", "m
              "hours", "cost_usd", "recipe"}
 RECIPE_KEYS = {"arch", "mlp", "tie_embeddings", "optimizer", "schedule", "lr", "embedding_lr", "head_lr", "scalar_lr",
                "min_lr_ratio", "decay_fraction", "lr_rule"}
-COMPUTE_OPTIMAL = Path(__file__).parent.parent / "recipes" / "bookcorpus-compute-optimal.toml"
+COMPUTE_OPTIMAL = Path(__file__).parents[2] / "recipes" / "bookcorpus-compute-optimal.toml"
 
 
 def model_of(m: dict) -> GPTConfig:

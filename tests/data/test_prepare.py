@@ -284,7 +284,7 @@ def test_loader_ranks_are_deterministic_and_disjoint(data_dir):
 
 # ---- recipes --------------------------------------------------------------------------------------------
 
-RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.toml"))
+RECIPES = sorted((Path(__file__).parents[2] / "recipes").glob("*.toml"))
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])

@@ -25,7 +25,7 @@ from homegpt.plan.scaling import (
     read_results,
 )
 
-CHINCHILLA = Path(__file__).resolve().parent / "data" / "chinchilla_fig4_points.csv"
+CHINCHILLA = Path(__file__).resolve().parents[1] / "fixtures" / "chinchilla_fig4_points.csv"
 TRUE = Law("true", 1.9, 300.0, 1200.0, 0.32, 0.38)
 
 
