@@ -227,14 +227,14 @@ def file_rows(path: Path) -> Iterator[Row]:
 
 
 def _json_rows(path: Path) -> Iterator[Row]:
-    from homegpt.data.formats import _lines, _read_stream, jsonl_records, open_binary
+    from homegpt.data.formats import jsonl_records, open_binary, read_stream, text_lines
 
     stream, raw = open_binary(path)
     with stream, raw:
-        head = _read_stream(stream, path, 4096).lstrip()
+        head = read_stream(stream, path, 4096).lstrip()
     if head.startswith(b"["):  # one JSON array of rows
         try:
-            rows = json.loads("".join(line for _, line in _lines(path, None)))
+            rows = json.loads("".join(line for _, line in text_lines(path, None)))
         except json.JSONDecodeError as e:
             raise UserError(f"{path} is not valid JSON (line {e.lineno}): {e.msg}") from None
         for i, record in enumerate(rows):

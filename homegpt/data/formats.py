@@ -118,7 +118,7 @@ def _check_not_binary(path: Path, head: bytes) -> None:
         raise UserError(f"{path} looks binary (it contains NUL bytes), not text")
 
 
-def _read_stream(stream: BinaryIO, path: Path, n: int) -> bytes:
+def read_stream(stream: BinaryIO, path: Path, n: int) -> bytes:
     try:
         return stream.read(n)
     except Exception as e:  # gzip raises OSError / EOFError, zstandard its own ZstdError
@@ -161,7 +161,7 @@ class TextFile:
             carry = ""  # a "\r" ending a block may be the first half of a "\r\n"
             while True:
                 want = BLOCK_BYTES if self.end is None else min(BLOCK_BYTES, self.end - pos)
-                data = _read_stream(stream, self.path, want) if want > 0 else b""
+                data = read_stream(stream, self.path, want) if want > 0 else b""
                 if pos == 0:
                     _check_not_binary(self.path, data)
                 pending = len(decoder.getstate()[0])
@@ -187,7 +187,7 @@ class TextFile:
         stream, raw = open_binary(self.path)
         with stream, raw:
             _skip(stream, self.path, lo)
-            return _read_stream(stream, self.path, hi - lo)
+            return read_stream(stream, self.path, hi - lo)
 
 
 def _skip(stream: BinaryIO, path: Path, n: int) -> int:
@@ -196,7 +196,7 @@ def _skip(stream: BinaryIO, path: Path, n: int) -> int:
         return n
     done = 0
     while done < n:
-        data = _read_stream(stream, path, min(BLOCK_BYTES, n - done))
+        data = read_stream(stream, path, min(BLOCK_BYTES, n - done))
         if not data:
             break
         done += len(data)
@@ -215,7 +215,7 @@ def text_document(path: Path, progress: Progress | None = None, base: int = 0) -
     """A small text file as a string (read whole), a big one as a TextFile (streamed later)."""
     stream, raw = open_binary(path)
     with stream, raw:
-        data = _read_stream(stream, path, EAGER_BYTES + 1)
+        data = read_stream(stream, path, EAGER_BYTES + 1)
     if len(data) > EAGER_BYTES:
         return TextFile(path, progress=progress, base=base)
     _check_not_binary(path, data)
@@ -252,7 +252,7 @@ def _no_lone_surrogates(text: str | None) -> str | None:
         return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
-def _lines(path: Path, progress: Progress | None) -> Iterator[tuple[int, str]]:
+def text_lines(path: Path, progress: Progress | None) -> Iterator[tuple[int, str]]:
     """(line number, decoded line) of a text file, with exact byte offsets in encoding errors."""
     stream, raw = open_binary(path)
     with stream, raw:
@@ -284,7 +284,7 @@ def jsonl_records(path: Path, progress: Progress | None = None,
                   ) -> Iterator[tuple[int, object]]:
     """(line number, parsed value) of each non-blank line of a JSON Lines file; a line that does not parse is
     a UserError "{path}:{line} {problem}"."""
-    for lineno, line in _lines(path, progress):
+    for lineno, line in text_lines(path, progress):
         if not line.strip():
             continue
         try:
@@ -303,7 +303,7 @@ def json_documents(path: Path, column: str | None, progress: Progress | None = N
     """A .json file: one JSON array (streamed element by element) or JSON Lines."""
     stream, raw = open_binary(path)
     with stream, raw:
-        head = _read_stream(stream, path, 4096).lstrip()
+        head = read_stream(stream, path, 4096).lstrip()
     if not head.startswith(b"["):
         yield from jsonl_documents(path, column, progress)
         return
@@ -351,7 +351,7 @@ def _json_array(path: Path, column: str | None, progress: Progress | None) -> It
 
 def csv_documents(path: Path, column: str | None, progress: Progress | None = None) -> Iterator[str | None]:
     csv.field_size_limit(2**31 - 1)  # documents are long; the default 128 KiB limit is for small fields
-    lines = (line for _, line in _lines(path, progress))
+    lines = (line for _, line in text_lines(path, progress))
     reader = csv.reader(lines)
     header = next(reader, None)
     if header is None:
