@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from homegpt.cli.common import STEP_HELP, emit, stdin_lines, step_arg, write
+from homegpt.cli.common import CONFIG_FLAGS_HELP, STEP_HELP, emit, stdin_lines, step_arg, write
 from homegpt.errors import UserError
 
 
@@ -47,7 +47,8 @@ def register(sub) -> None:
     from homegpt.data.sources import add_source_flags
 
     s = sub.add_parser("sft", help="chat fine-tuning: train a run on conversations (loss on the assistant's turns); "
-                                   "any config key can be given as --key value")
+                                   "any config key can be given as --key value",
+                       epilog=CONFIG_FLAGS_HELP)
     s.add_argument("run", help="the base run (a pretraining run, or an SFT run to continue from)")
     s.add_argument("--data", default="builtin", help="conversations: file:PATH (.jsonl / .json / .parquet with a "
                    "messages list, or prompt and completion), hf:NAME, or builtin (the synthetic Bible task)")

@@ -12,6 +12,10 @@ import sys
 from collections.abc import Iterator
 
 STEP_HELP = "checkpoint: latest (default), best (lowest held-out loss) or a step number"
+CONFIG_FLAGS_HELP = ("Every config key is also a flag, after the arguments above: --lr 1e-3, --n-layer 6, "
+                     "--max-steps 200 (or --key=value; dashes or underscores; a flag that is no key is refused, "
+                     "naming the closest key). The keys and their defaults: docs/training.md, or the TrainConfig "
+                     "fields in homegpt/train/config.py.")
 
 
 def emit(result: dict, as_json: bool, lines: list[str], ensure_ascii: bool = True) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from homegpt.cli.common import emit
+from homegpt.cli.common import CONFIG_FLAGS_HELP, emit
 from homegpt.errors import UserError
 
 
@@ -37,7 +37,8 @@ def cmd_train(args, overrides: list[str]) -> int:
 
 
 def register(sub) -> None:
-    tr = sub.add_parser("train", help="train a GPT from a TOML config; any config key can be given as --key value")
+    tr = sub.add_parser("train", help="train a GPT from a TOML config; any config key can be given as --key value",
+                        epilog=CONFIG_FLAGS_HELP)
     tr.add_argument("config", nargs="?", help="CONFIG.toml, or a run directory to resume")
     tr.add_argument("--out", help="run directory (default runs/CONFIG-NAME)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")

@@ -178,3 +178,11 @@ def test_source_flags_on_demo_and_eval(trained_run, tmp_path, capsys):
     assert last_json(out)["bytes"] > 0
     code, _, err = run_cli(capsys, "eval", run, "--data", f"file:{tmp_path / 'x.jsonl'}", "--text-column", "nope")
     assert code == 2 and "nope" in err
+
+
+@pytest.mark.parametrize("command", ["train", "sft"])
+def test_help_says_every_config_key_is_a_flag(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Every config key is also a flag" in text and "--n-layer 6" in text and "docs/training.md" in text
