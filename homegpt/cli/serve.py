@@ -1,4 +1,4 @@
-"""`homegpt serve RUN_OR_FOLDER`: load the model, bind the port, run the OpenAI-compatible server (serve.py)."""
+"""`homegpt serve RUN_OR_FOLDER`: load the model, bind the port, run the OpenAI-compatible server (serve/app.py)."""
 
 from __future__ import annotations
 

@@ -4,16 +4,18 @@
     GET  /health               {"status": "ok", running / waiting rows, counters}
     GET  /v1/models            the one model served, with its context length
     POST /v1/completions       prompt (a string or a list) -> text, streamed as server-sent events or not
-    POST /v1/chat/completions  messages, rendered by chat.py (the model's template, or a plain one) -> text
+    POST /v1/chat/completions  messages, rendered by data/chatml.py (the model's template or a plain one) -> text
 
-FastAPI on uvicorn. Every request becomes rows (prompt x n) for serve_worker.Worker, whose process runs the
-continuous-batching engine; this module only validates, encodes, and turns the rows' events into OpenAI's
-JSON. Errors are OpenAI's {"error": {"message", "type", "param", "code"}}: 400 for invalid fields and for a
-prompt + max_tokens over the context, 401 for a missing or wrong API key (with --api-key), 404 for an
-unknown model or route, 503 when more rows wait than --max-queue; a failure inside one request is a 500 for
-that request and the server goes on. A completion prompt starts after <|endoftext|>, exactly as
-`homegpt sample`'s does, and rows sample with the same engine and seeds (seed, seed + 1, ... for n
-choices), so the same seed and settings give `homegpt sample`'s text.
+FastAPI on uvicorn. Every request becomes rows (prompt x n) for worker.py's Worker, whose engine process
+(engine_loop.py) runs the continuous-batching engine; this module only validates, encodes, and turns the
+rows' events into OpenAI's JSON (openai_api.py has the request and response shapes, loading.py loads what
+is served). create_app registers each group of routes with its own function below. Errors are OpenAI's
+{"error": {"message", "type", "param", "code"}}: 400 for invalid fields and for a prompt + max_tokens over
+the context, 401 for a missing or wrong API key (with --api-key), 404 for an unknown model or route, 503
+when more rows wait than --max-queue; a failure inside one request is a 500 for that request and the
+server goes on. A completion prompt starts after <|endoftext|>, exactly as `homegpt sample`'s does, and
+rows sample with the same engine and seeds (seed, seed + 1, ... for n choices), so the same seed and
+settings give `homegpt sample`'s text.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import asyncio
 import hmac
 import json
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
 
@@ -33,6 +35,7 @@ from starlette.exceptions import HTTPException
 
 from homegpt.errors import UserError
 from homegpt.generate.engine import Sampling
+from homegpt.serve.engine_loop import Event, RowSpec
 from homegpt.serve.loading import Served
 from homegpt.serve.openai_api import (
     APIError,
@@ -46,7 +49,7 @@ from homegpt.serve.openai_api import (
     now,
     usage,
 )
-from homegpt.serve.worker import Event, Generation, Overloaded, RowSpec, Worker
+from homegpt.serve.worker import Generation, Overloaded, Worker
 
 DISCONNECT_POLL_S = 0.5
 
@@ -58,7 +61,6 @@ def playground_html() -> str:
 def create_app(served: Served, max_batch: int = 16, max_queue: int = 64, api_key: str | None = None,
                cors: tuple[str, ...] = (), threads: int | None = None) -> FastAPI:
     worker = Worker(served.model, served.tokenizer, served.autocast, max_batch, max_queue, threads)
-    created = now()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -74,6 +76,16 @@ def create_app(served: Served, max_batch: int = 16, max_queue: int = 64, api_key
         app.add_middleware(CORSMiddleware, allow_origins=list(cors), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
     _add_error_handlers(app)
+    auth = [Depends(_authorization(api_key))]
+    _add_pages(app, served, worker)
+    _add_models(app, served, auth)
+    _add_completions(app, served, worker, auth)
+    _add_chat_completions(app, served, worker, auth)
+    return app
+
+
+def _authorization(api_key: str | None) -> Callable[[Request], Awaitable[None]]:
+    """The dependency of every /v1 route: with an API key, a 401 unless the request bears it."""
 
     async def authorized(request: Request) -> None:
         if api_key is None:
@@ -85,7 +97,14 @@ def create_app(served: Served, max_batch: int = 16, max_queue: int = 64, api_key
         if not hmac.compare_digest(token.strip().encode(), api_key.encode()):
             raise APIError(401, "Incorrect API key provided", code="invalid_api_key")
 
-    auth = [Depends(authorized)]
+    return authorized
+
+
+# --------------------------------------------------------------------------------------------- routes
+
+
+def _add_pages(app: FastAPI, served: Served, worker: Worker) -> None:
+    """GET / and GET /health: no API key needed."""
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def playground() -> HTMLResponse:
@@ -94,6 +113,10 @@ def create_app(served: Served, max_batch: int = 16, max_queue: int = 64, api_key
     @app.get("/health")
     async def health() -> dict:
         return {"status": worker.status(), "model": served.name, **worker.snapshot()}
+
+
+def _add_models(app: FastAPI, served: Served, auth: list) -> None:
+    created = now()
 
     def model_card() -> dict:
         return {"id": served.name, "object": "model", "created": created, "owned_by": "homegpt",
@@ -109,6 +132,8 @@ def create_app(served: Served, max_batch: int = 16, max_queue: int = 64, api_key
         _check_model(served, model_id)
         return model_card()
 
+
+def _add_completions(app: FastAPI, served: Served, worker: Worker, auth: list) -> None:
     @app.post("/v1/completions", dependencies=auth)
     async def completions(body: CompletionRequest, request: Request):
         _check_model(served, body.model)
@@ -133,6 +158,8 @@ def create_app(served: Served, max_batch: int = 16, max_queue: int = 64, api_key
         choices = [completion_choice(k, echo[k] + text, finish) for k, (text, finish) in sorted(done.items())]
         return reply.whole("text_completion", choices)
 
+
+def _add_chat_completions(app: FastAPI, served: Served, worker: Worker, auth: list) -> None:
     @app.post("/v1/chat/completions", dependencies=auth)
     async def chat_completions(body: ChatRequest, request: Request):
         _check_model(served, body.model)
@@ -160,8 +187,6 @@ def create_app(served: Served, max_batch: int = 16, max_queue: int = 64, api_key
         done = await _collect(gen, request, reply, len(rows))
         choices = [chat_choice(k, text, finish) for k, (text, finish) in sorted(done.items())]
         return reply.whole("chat.completion", choices)
-
-    return app
 
 
 # --------------------------------------------------------------------------------------------- requests

@@ -1,4 +1,5 @@
-"""The server's engine process: one engine.Scheduler in a child process, fed by the HTTP handlers over a pipe.
+"""The HTTP process's side of the engine process: the Worker that app.py submits rows to, and what keeps
+the engine process (engine_loop.py) running.
 
 Why a process and not a thread: decoding a small model on a CPU is mostly Python between short torch ops,
 and so is the HTTP side (JSON, server-sent events, the event loop). In one process they take turns on one
@@ -6,13 +7,14 @@ interpreter lock, so the server could never use more than about one core, howeve
 with 16 streaming clients on 2 cores, the threaded server used 1.05 cores while 0.8 sat idle, and the split
 gives 20-25% more tokens/s (BENCHMARKS.md, Serving). vLLM splits its engine from its API server the same way.
 
-    HTTP process (event loop)                        engine process (spawned)
+    HTTP process (event loop)                        engine process (spawned: engine_loop.engine_main)
     Worker.submit(rows) --("submit", id, rows)-->    rows wait, join the running batch at the next step
     Generation.cancel() --("cancel", id)-------->    the request's rows leave the batch at the next step
     Generation.events() <--("events", [...], stats)  after every step: the text each row made certain
 
-The engine process owns the scheduler and each row's sample.TextStream (stop strings, end of text,
-incremental decoding), so it knows when a row ends; per step it sends one message with every row's new text.
+engine_loop.py's docstring lists every message that crosses the pipe. In this process, EngineProcess is
+one engine process and its end of the pipe, Supervisor reads the pipe and restarts the process when it
+dies, Router routes each step's events to their requests, and Worker puts them together for app.py.
 The model's weights are not copied: CPU tensors go through shared memory, CUDA tensors through CUDA IPC
 (torch.multiprocessing); other devices (MPS) get a CPU copy that the engine process moves onto the device.
 The pipe carries pickles only between these two processes of one server, never from a file.
@@ -30,17 +32,12 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
-import multiprocessing.connection
 import signal
 import time
-import traceback
-from dataclasses import dataclass
-
-import torch
+from collections.abc import Callable, Iterator
 
 from homegpt.errors import UserError
-from homegpt.generate.engine import Engine, Sampling, Scheduler, Sequence
-from homegpt.generate.sample import TextStream
+from homegpt.serve.engine_loop import Event, RowSpec, engine_main
 
 START_TIMEOUT_S = 300  # spawning the engine process: a fresh interpreter importing torch and homegpt
 RESTART_WINDOW_S = 60  # an engine that dies again this soon after a restart is not restarted again
@@ -49,27 +46,6 @@ NO_ENGINE = {"running": 0, "waiting": 0, "peak_running": 0, "seen": 0}  # what a
 
 class Overloaded(Exception):
     """More rows are waiting than the queue holds, or the engine process is gone."""
-
-
-@dataclass
-class RowSpec:
-    """One row to generate: a prompt's ids, its sampling and stopping, and which choice it answers."""
-
-    index: int
-    ids: list[int]
-    sampling: Sampling
-    max_new_tokens: int
-    stop: tuple[str, ...] = ()
-    end_ids: frozenset[int] = frozenset()
-    penalty_skip: int = 0  # leading tokens the repetition penalty ignores (the start marker)
-
-
-@dataclass
-class Event:
-    index: int  # the choice
-    text: str  # new text, certain (may be empty on the last event)
-    finish: str | None  # None while the row runs; "eot", "stop", "length", or "error"
-    tokens: int  # tokens generated so far for this choice
 
 
 class Generation:
@@ -104,117 +80,76 @@ class Worker:
 
     def __init__(self, model, tokenizer, autocast, max_batch: int = 16, max_queue: int = 64,
                  threads: int | None = None) -> None:
-        self.model, self.tokenizer, self.autocast = model, tokenizer, autocast
-        self.max_batch, self.max_queue, self.threads = max_batch, max_queue, threads
+        self.max_batch, self.max_queue = max_batch, max_queue
         self.context = model.config.block_size
         self.stats = {"requests": 0, "cancelled": 0, "tokens": 0, "errors": 0}
-        self.engine = dict(NO_ENGINE)  # as of its last message
-        self.generations: dict[int, Generation] = {}
-        self.sent_rows: dict[int, int] = {}  # submit number -> rows, until the engine has taken it
+        self.router = Router(self.stats)
         self.ids = itertools.count()
-        self.peak = 0  # the most rows that ever decoded together, over every engine process
-        self.process = self.conn = None
-        self.exited: str | None = None  # why the engine process is gone (None while one runs)
-        self.restarts, self.restarting, self.started_at, self.stopping = 0, False, 0.0, False
-        self.counted = {"tokens": 0, "errors": 0}  # by engine processes that have exited
-
-    # ------------------------------------------------------------------ event-loop side
+        self.supervisor = Supervisor(lambda: EngineProcess(model, tokenizer, autocast, max_batch, threads),
+                                     on_events=self.router.route, on_exit=self.router.fail_open)
 
     def submit(self, rows: list[RowSpec]) -> Generation:
-        if self.restarting:
-            raise Overloaded(f"the engine process exited ({self.exited}) and is restarting: try again shortly")
-        if self.exited:
-            raise Overloaded(f"the engine process has exited ({self.exited}): restart homegpt serve")
+        sup = self.supervisor
+        if sup.restarting:
+            raise Overloaded(f"the engine process exited ({sup.exited}) and is restarting: try again shortly")
+        if sup.exited:
+            raise Overloaded(f"the engine process has exited ({sup.exited}): restart homegpt serve")
         for r in rows:
-            if len(r.ids) + r.max_new_tokens > self.context:  # serve.py checks first; this is the last guard
+            if len(r.ids) + r.max_new_tokens > self.context:  # app.py checks first; this is the last guard
                 raise UserError(f"a prompt of {len(r.ids)} tokens + {r.max_new_tokens} new tokens exceeds the "
                                 f"model's context of {self.context} tokens")
-        waiting = self.engine["waiting"] + sum(self.sent_rows.values())
+        waiting = self.router.waiting()
         if waiting + len(rows) > self.max_queue:
             raise Overloaded(f"{waiting} rows are already waiting (--max-queue {self.max_queue}): try again shortly")
-        gid = next(self.ids)
-        gen = self.generations[gid] = Generation(self, gid, [r.index for r in rows])
-        self.sent_rows[gid] = len(rows)
+        gen = Generation(self, next(self.ids), [r.index for r in rows])
+        self.router.add(gen, len(rows))
         self.stats["requests"] += 1
-        self.send(("submit", gid, rows))
+        self.send(("submit", gen.gid, rows))
         return gen
 
     def send(self, message: tuple) -> None:
-        if self.exited is None:
-            try:
-                self.conn.send(message)
-            except OSError as e:
-                self._gone(f"the pipe to it broke: {e}")
+        self.supervisor.send(message)
 
     def status(self) -> str:
-        return "restarting" if self.restarting else "error" if self.exited else "ok"
+        sup = self.supervisor
+        return "restarting" if sup.restarting else "error" if sup.exited else "ok"
 
     def snapshot(self) -> dict:
-        e = self.engine
-        return {"running": e["running"], "waiting": e["waiting"] + sum(self.sent_rows.values()),
-                "peak_running": self.peak, "max_batch": self.max_batch, **self.stats,
-                "engine_restarts": self.restarts, **({"engine_exited": self.exited} if self.exited else {})}
+        sup, exited = self.supervisor, self.supervisor.exited
+        return {"running": self.router.engine["running"], "waiting": self.router.waiting(),
+                "peak_running": self.router.peak, "max_batch": self.max_batch, **self.stats,
+                "engine_restarts": sup.restarts, **({"engine_exited": exited} if exited else {})}
 
     async def start(self) -> None:
         """Spawn the engine process and wait until it is ready to take rows."""
-        import torch.multiprocessing as mp  # registers the reductions that share tensors instead of copying them
-
-        ctx = mp.get_context("spawn")  # not fork: CUDA and OpenMP's thread pool do not survive a fork
-        self.conn, child = ctx.Pipe()
-        model, device = self.model, self.model.transformer.wte.weight.device
-        if device.type == "cpu":
-            model.share_memory()
-        elif device.type != "cuda":  # no sharing for this device: a CPU copy, moved back in the engine process
-            model = copy.deepcopy(model).cpu()
-        self.process = ctx.Process(target=engine_main, name="homegpt-engine", daemon=True,
-                                   args=(child, model, str(device), self.tokenizer.to_str(), self.autocast,
-                                         self.max_batch, self.threads))
-        self.process.start()
-        child.close()
-        loop = asyncio.get_running_loop()
-        try:
-            ready = await loop.run_in_executor(None, self.conn.poll, START_TIMEOUT_S)
-            ready = ready and self.conn.recv() == ("ready",)
-        except (EOFError, OSError):
-            ready = False
-        if not ready:
-            self.process.kill()
-            raise RuntimeError("the engine process did not start (its traceback is above)")
-        loop.add_reader(self.conn.fileno(), self._receive)
-        self.started_at = time.monotonic()
+        await self.supervisor.start()
 
     def stop(self) -> None:
-        self.stopping = True
-        if self.process is None:
-            return
-        if self.restarting:
-            self._restart_task.cancel()
-            self.process.kill()
-        elif self.exited is None:
-            asyncio.get_running_loop().remove_reader(self.conn.fileno())
-            self.exited = "the server is stopping"
-            try:
-                self.conn.send(("stop",))
-            except OSError:  # it has gone already (Ctrl-C reaches it too)
-                pass
-        self.process.join(timeout=10)
-        if self.process.is_alive():
-            self.process.kill()
-        self.conn.close()
+        self.supervisor.stop()
 
-    def _receive(self) -> None:
-        """The engine has written: route every message already in the pipe."""
-        try:
-            while self.conn.poll():
-                _, events, engine = self.conn.recv()
-                self._route(events, engine)
-        except (EOFError, OSError):
-            self.process.join(timeout=1)
-            code = self.process.exitcode
-            # terminated on purpose (SIGTERM: a shutdown, or someone's kill): not restarted
-            self._gone(f"exit code {code}", restart=code != -signal.SIGTERM)
 
-    def _route(self, events: list[tuple[int, Event]], engine: dict) -> None:
+class Router:
+    """What the HTTP side knows of the engine's rows (each request's Generation, the submits the engine has
+    not taken yet, its last report) and the routing of each step's events to their requests."""
+
+    def __init__(self, stats: dict) -> None:
+        self.stats = stats  # the worker's counters; "tokens" and "errors" are kept here
+        self.engine = dict(NO_ENGINE)  # as of its last message
+        self.generations: dict[int, Generation] = {}
+        self.sent_rows: dict[int, int] = {}  # submit number -> rows, until the engine has taken it
+        self.peak = 0  # the most rows that ever decoded together, over every engine process
+        self.counted = {"tokens": 0, "errors": 0}  # by engine processes that have exited
+
+    def waiting(self) -> int:
+        """Rows waiting: in the engine's queue, or sent to it and not taken yet."""
+        return self.engine["waiting"] + sum(self.sent_rows.values())
+
+    def add(self, gen: Generation, rows: int) -> None:
+        self.generations[gen.gid] = gen
+        self.sent_rows[gen.gid] = rows
+
+    def route(self, events: list[tuple[int, Event]], engine: dict) -> None:
+        """One "events" message: the engine's report, and the events of one step."""
         while self.sent_rows and next(iter(self.sent_rows)) < engine["seen"]:  # submits, in order, now taken
             del self.sent_rows[next(iter(self.sent_rows))]
         self.engine = engine
@@ -231,15 +166,8 @@ class Worker:
                 if not gen.unfinished:
                     del self.generations[gid]
 
-    def _gone(self, why: str, restart: bool = True) -> None:
-        """The engine process died: fail every open request (once), then start another one if it may."""
-        if self.exited is not None:
-            return
-        self.exited = why
-        try:
-            asyncio.get_running_loop().remove_reader(self.conn.fileno())
-        except (RuntimeError, ValueError, OSError):
-            pass
+    def fail_open(self) -> None:
+        """The engine process died: every open request's unfinished choices fail; its counts are kept."""
         for gen in self.generations.values():
             for i in gen.unfinished:
                 gen.queue.put_nowait(Event(i, "", "error", 0))
@@ -247,6 +175,68 @@ class Worker:
         self.sent_rows.clear()
         self.counted = {k: self.stats[k] for k in self.counted}
         self.engine = dict(NO_ENGINE)
+
+
+class Supervisor:
+    """Keeps an engine process serving: starts it, reads its pipe, and when it dies fails the open requests
+    (on_exit) and starts another one, unless it died again within RESTART_WINDOW_S of a restart."""
+
+    def __init__(self, spawn: Callable[[], EngineProcess], on_events: Callable[[list, dict], None],
+                 on_exit: Callable[[], None]) -> None:
+        self.spawn, self.on_events, self.on_exit = spawn, on_events, on_exit
+        self.process: EngineProcess | None = None
+        self.exited: str | None = None  # why the engine process is gone (None while one runs)
+        self.restarts, self.restarting, self.started_at, self.stopping = 0, False, 0.0, False
+        self.restart_task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self.process = self.spawn()
+        if not await self.process.ready():
+            self.process.kill()
+            raise RuntimeError("the engine process did not start (its traceback is above)")
+        self.process.listen(self._receive)
+        self.started_at = time.monotonic()
+
+    def send(self, message: tuple) -> None:
+        if self.exited is None:
+            try:
+                self.process.send(message)
+            except OSError as e:
+                self._gone(f"the pipe to it broke: {e}")
+
+    def stop(self) -> None:
+        self.stopping = True
+        if self.process is None:
+            return
+        if self.restarting:
+            self.restart_task.cancel()
+            self.process.kill()
+        elif self.exited is None:
+            self.process.unlisten()
+            self.exited = "the server is stopping"
+            self.process.ask_to_stop()
+        self.process.close()
+
+    def _receive(self) -> None:
+        """The engine has written: route every message already in the pipe."""
+        try:
+            for _, events, engine in self.process.messages():
+                self.on_events(events, engine)
+        except (EOFError, OSError):
+            code = self.process.exit_code()
+            # terminated on purpose (SIGTERM: a shutdown, or someone's kill): not restarted
+            self._gone(f"exit code {code}", restart=code != -signal.SIGTERM)
+
+    def _gone(self, why: str, restart: bool = True) -> None:
+        """The engine process died: fail every open request (once), then start another one if it may."""
+        if self.exited is not None:
+            return
+        self.exited = why
+        try:
+            self.process.unlisten()
+        except (RuntimeError, ValueError, OSError):
+            pass
+        self.on_exit()
         soon = self.restarts > 0 and time.monotonic() - self.started_at < RESTART_WINDOW_S
         again = restart and not self.stopping and not soon
         print(f"homegpt: the engine process has exited ({why}): open requests fail; "
@@ -255,10 +245,10 @@ class Worker:
               flush=True)
         if again:
             self.restarting = True
-            self._restart_task = asyncio.get_running_loop().create_task(self._restart())
+            self.restart_task = asyncio.get_running_loop().create_task(self._restart())
 
     async def _restart(self) -> None:
-        self.conn.close()
+        self.process.conn.close()
         try:
             await self.start()
         except RuntimeError as e:
@@ -271,114 +261,63 @@ class Worker:
         print(f"homegpt: a new engine process is serving (restart {self.restarts})", flush=True)
 
 
-def default_threads(device: str) -> int:
-    """torch's threads for the engine process: on a CPU one core fewer than torch would take, for the HTTP
-    process and the clients (2 cores, 16 clients: 1,496.5 tokens/s with 1 thread vs 1,114.8 with 2)."""
-    n = torch.get_num_threads()
-    return max(1, n - 1) if torch.device(device).type == "cpu" else n
+class EngineProcess:
+    """One engine process, spawned with the model's weights, and this process's end of its pipe."""
 
+    def __init__(self, model, tokenizer, autocast, max_batch: int, threads: int | None) -> None:
+        import torch.multiprocessing as mp  # registers the reductions that share tensors instead of copying them
 
-# ---------------------------------------------------------------------- the engine process
+        ctx = mp.get_context("spawn")  # not fork: CUDA and OpenMP's thread pool do not survive a fork
+        self.conn, child = ctx.Pipe()
+        device = model.transformer.wte.weight.device
+        if device.type == "cpu":
+            model.share_memory()
+        elif device.type != "cuda":  # no sharing for this device: a CPU copy, moved back in the engine process
+            model = copy.deepcopy(model).cpu()
+        self.process = ctx.Process(target=engine_main, name="homegpt-engine", daemon=True,
+                                   args=(child, model, str(device), tokenizer.to_str(), autocast, max_batch, threads))
+        self.process.start()
+        child.close()
 
-
-def engine_main(conn: multiprocessing.connection.Connection, model, device: str, tokenizer_json: str, autocast,
-                max_batch: int, threads: int | None) -> None:
-    """The engine process: take rows from the pipe, step the batch, send each step's events back."""
-    from tokenizers import Tokenizer
-
-    # Ctrl-C reaches the whole process group: the HTTP process handles it and stops this one over the pipe.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    torch.set_num_threads(threads or default_threads(device))
-    tokenizer = Tokenizer.from_str(tokenizer_json)
-    model = model.to(device).eval()
-    loop = _EngineLoop(conn, Scheduler(Engine(model, max_batch, vocab_limit=tokenizer.get_vocab_size())), tokenizer)
-    conn.send(("ready",))
-    try:
-        with autocast:
-            loop.run()
-    except (EOFError, OSError, KeyboardInterrupt):  # the server has gone: nothing left to answer
-        pass
-
-
-class _EngineLoop:
-    def __init__(self, conn, scheduler: Scheduler, tokenizer) -> None:
-        self.conn, self.scheduler, self.tokenizer = conn, scheduler, tokenizer
-        self.rows: dict[int, list[_Row]] = {}  # request -> its rows still running or waiting
-        self.outbox: list[tuple[int, Event]] = []  # this step's events
-        self.stats = {"tokens": 0, "errors": 0, "seen": 0}
-
-    def run(self) -> None:
-        while True:
-            while self.conn.poll(0 if self.scheduler.busy() else None):  # idle: block until a message
-                if not self._handle(self.conn.recv()):
-                    return
-            if not self.scheduler.busy():
-                continue
-            try:
-                self.scheduler.run_once()
-            except Exception:  # a bug must not take the server down: fail these rows, keep serving
-                traceback.print_exc()
-                self.stats["errors"] += 1
-                for row in self.scheduler.abort():
-                    row.fail()
-            self._report()
-
-    def _handle(self, message: tuple) -> bool:
-        kind = message[0]
-        if kind == "stop":
+    async def ready(self) -> bool:
+        """Whether it said ("ready",) within START_TIMEOUT_S."""
+        try:
+            ready = await asyncio.get_running_loop().run_in_executor(None, self.conn.poll, START_TIMEOUT_S)
+            return ready and self.conn.recv() == ("ready",)
+        except (EOFError, OSError):
             return False
-        if kind == "submit":
-            _, gid, specs = message
-            rows = self.rows[gid] = [self._row(gid, spec) for spec in specs]
-            self.scheduler.submit(rows)
-            self.stats["seen"] = gid + 1
-        elif kind == "cancel":
-            for row in self.rows.pop(message[1], []):
-                row.cancelled = True
-        return True
 
-    def _report(self) -> None:
-        sch = self.scheduler
-        engine = {"running": len(sch.engine.rows), "waiting": len(sch.waiting), "peak_running": sch.peak,
-                  **self.stats}
-        self.conn.send(("events", self.outbox, engine))
-        self.outbox = []
+    def listen(self, callback: Callable[[], None]) -> None:
+        """Call callback on the event loop whenever the engine has written."""
+        asyncio.get_running_loop().add_reader(self.conn.fileno(), callback)
 
-    def _row(self, gid: int, spec: RowSpec) -> _Row:
-        stream = TextStream(self.tokenizer, spec.stop, spec.end_ids)
+    def unlisten(self) -> None:
+        asyncio.get_running_loop().remove_reader(self.conn.fileno())
 
-        def send(finish: str | None, text: str = "") -> None:
-            self.outbox.append((gid, Event(spec.index, text, finish, len(stream.tokens))))
-            if finish is not None:
-                self._finished(gid, row)
+    def send(self, message: tuple) -> None:
+        self.conn.send(message)
 
-        row = _Row(spec.ids, spec.sampling, spec.max_new_tokens, penalty_skip=spec.penalty_skip,
-                   fail=lambda: send("error"))
+    def messages(self) -> Iterator[tuple]:
+        """Every message already in the pipe (EOFError or OSError once the process has gone)."""
+        while self.conn.poll():
+            yield self.conn.recv()
 
-        def on_token(token: int) -> bool:
-            ended = stream.add(token)
-            self.stats["tokens"] += 1
-            if len(row.tokens) >= row.max_new_tokens:
-                stream.close("length")
-            text = stream.take()
-            if text or stream.finish:
-                send(stream.finish, text)
-            return ended
+    def exit_code(self) -> int | None:
+        self.process.join(timeout=1)
+        return self.process.exitcode
 
-        row.on_token = on_token
-        return row
+    def ask_to_stop(self) -> None:
+        try:
+            self.conn.send(("stop",))
+        except OSError:  # it has gone already (Ctrl-C reaches it too)
+            pass
 
-    def _finished(self, gid: int, row: _Row) -> None:
-        rows = self.rows.get(gid)
-        if rows is not None and row in rows:
-            rows.remove(row)
-            if not rows:
-                del self.rows[gid]
+    def kill(self) -> None:
+        self.process.kill()
 
-
-class _Row(Sequence):
-    """A row of a request: a Sequence that can also report that it failed."""
-
-    def __init__(self, *args, fail, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.fail = fail
+    def close(self) -> None:
+        """Wait for it to exit (killed after 10 s), and close the pipe."""
+        self.process.join(timeout=10)
+        if self.process.is_alive():
+            self.process.kill()
+        self.conn.close()
