@@ -71,9 +71,9 @@ def special_ids(spec: dict) -> dict[str, int]:
 
 
 def _byte_decoder() -> dict[str, int]:
-    from homegpt.data.tokenizer import _bytes_to_unicode
+    from homegpt.data.tokenizer import bytes_to_unicode
 
-    return {c: b for b, c in _bytes_to_unicode().items()}
+    return {c: b for b, c in bytes_to_unicode().items()}
 
 
 def mergeable_ranks(spec: dict) -> dict[bytes, int]:

@@ -175,7 +175,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
 
 def token_byte_lengths(tok: Tokenizer, model_vocab: int) -> list[int]:
     """UTF-8 byte length of every token id (0 for special and padding ids): the denominator of bits/byte."""
-    byte_decoder = {c: b for b, c in _bytes_to_unicode().items()}
+    byte_decoder = {c: b for b, c in bytes_to_unicode().items()}
     lengths = [0] * model_vocab
     specials = {t.content for t in tok.get_added_tokens_decoder().values()}
     for token, idx in tok.get_vocab().items():
@@ -185,7 +185,7 @@ def token_byte_lengths(tok: Tokenizer, model_vocab: int) -> list[int]:
     return lengths
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible map from bytes to printable characters, as byte-level BPE stores tokens."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]

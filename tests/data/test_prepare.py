@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from homegpt.cli import main
-from homegpt.data.prepare import STATE_FILE, _Run, open_split, prepare, read_manifest, token_dtype, verify
+from homegpt.data.prepare import STATE_FILE, open_split, prepare, read_manifest, token_dtype, verify
 from homegpt.data.sources import load_corpus
 from homegpt.data.tokenizer import EOT, load_tokenizer
+from homegpt.data.writer import OrderedWriter
 from homegpt.errors import UserError
 
 
@@ -153,7 +154,7 @@ def test_interrupted_prepare_resumes_and_refuses_other_settings(source, tokenize
     settings = dict(shard_tokens=1024, dedup=True, max_tokens=max_tokens)
     reference = tmp_path / "ref"
     prepare(source, tokenizer_dir, reference, **settings)
-    calls, original = [], _Run._write
+    calls, original = [], OrderedWriter.write
 
     def crash_on_fourth(self, *args):
         calls.append(1)
@@ -161,7 +162,7 @@ def test_interrupted_prepare_resumes_and_refuses_other_settings(source, tokenize
             raise KeyboardInterrupt
         return original(self, *args)
 
-    monkeypatch.setattr(_Run, "_write", crash_on_fourth)
+    monkeypatch.setattr(OrderedWriter, "write", crash_on_fourth)
     monkeypatch.setattr("homegpt.data.prepare.MAX_CHUNK_CHARS", 20_000)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
@@ -169,7 +170,7 @@ def test_interrupted_prepare_resumes_and_refuses_other_settings(source, tokenize
     assert (out / STATE_FILE).exists() and not (out / "manifest.json").exists()
     with pytest.raises(UserError, match=r"other settings \(seed differ\)"):
         prepare(source, tokenizer_dir, out, seed=5, **settings)
-    monkeypatch.setattr(_Run, "_write", original)
+    monkeypatch.setattr(OrderedWriter, "write", original)
     monkeypatch.setattr("homegpt.data.prepare.MAX_CHUNK_CHARS", 9_000)  # resuming with other chunks changes nothing
     prepare(source, tokenizer_dir, out, **settings)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == {p.name: p.read_bytes() for p in reference.iterdir()}
