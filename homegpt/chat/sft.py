@@ -35,17 +35,17 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from homegpt import __version__
 from homegpt.data.chatml import TEMPLATE_FILE
 from homegpt.data.conversations import CHATML_TEMPLATE
-from homegpt.data.tokenizer import EOT, IM_END, IM_START, add_chat_tokens, file_sha256, round_vocab
+from homegpt.data.shards import file_sha256
+from homegpt.data.tokenizer import IM_END, IM_START, add_chat_tokens, round_vocab
 from homegpt.errors import UserError
-from homegpt.model.gpt import GPT, GPTConfig, count_params
+from homegpt.model.gpt import GPT, GPTConfig
+from homegpt.rundir.info import device_name, run_info, write_run_info
 
 LR_SCALE = 0.3  # SFT's learning rates = the base recipe's x this (BENCHMARKS.md, "Chat fine-tuning")
 WARMUP_FRACTION = 0.05
@@ -207,48 +207,35 @@ def sft_overrides(base, manifest: dict, epochs: float, given: dict[str, str]) ->
 def _run_info(run, base: Path, cfg: GPTConfig, train_cfg, manifest: dict, tok_path: Path, added: list[str],
               rows: list[int], too_long: str) -> dict:
     s = manifest["splits"]
-    return {
-        "homegpt_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "model": cfg.to_dict(),
-        "params": count_params(cfg),
-        "optimizer": train_cfg.optimizer,
-        "schedule": train_cfg.schedule,
-        "data_dir": train_cfg.data_dir,
-        "data_source": manifest["source"],
-        "tokenizer_sha256": file_sha256(tok_path),
-        "dtype": train_cfg.dtype,
-        "eot": EOT,
-        "world_size": 1,
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() and train_cfg.device != "cpu" else "cpu",
-        "chat_template": "chatml",
-        "sft": {
-            "base_run": str(base.resolve()),
-            "base_step": run.step,
-            "base_tokenizer_sha256": run.info.get("tokenizer_sha256"),
-            "base_data_source": run.info.get("data_source", ""),
-            "added_tokens": added,
-            "rows_initialised": rows,
-            "row_init": ROW_INIT if rows else "",
-            "conversations": {"train": s["train"]["documents"], "val": s["val"]["documents"],
-                              **{k: manifest[k] for k in ("dropped_too_long", "cut_too_long", "dropped_special_text")}},
-            "too_long": too_long,
-            "loss": "assistant content and <|im_end|>",
-        },
+    sft_info = {
+        "base_run": str(base.resolve()),
+        "base_step": run.step,
+        "base_tokenizer_sha256": run.info.get("tokenizer_sha256"),
+        "base_data_source": run.info.get("data_source", ""),
+        "added_tokens": added,
+        "rows_initialised": rows,
+        "row_init": ROW_INIT if rows else "",
+        "conversations": {"train": s["train"]["documents"], "val": s["val"]["documents"],
+                          **{k: manifest[k] for k in ("dropped_too_long", "cut_too_long", "dropped_special_text")}},
+        "too_long": too_long,
+        "loss": "assistant content and <|im_end|>",
     }
+    return run_info(cfg, train_cfg.data_dir, manifest["source"], file_sha256(tok_path), train_cfg.dtype,
+                    optimizer=train_cfg.optimizer, schedule=train_cfg.schedule, world_size=1,
+                    device=device_name(train_cfg.device), extra={"chat_template": "chatml", "sft": sft_info})
 
 
 def _write_run(tmp: Path, train_cfg, info: dict, weights: dict[str, torch.Tensor], cfg: GPTConfig) -> None:
     """run.json, config.toml, chat_template.jinja and the step-0 checkpoint train.py resumes from."""
     from homegpt.rundir.checkpoint import load_weights, save_checkpoint
     from homegpt.train.config import dump_toml
-    from homegpt.train.loop import _seed_everything
+    from homegpt.train.session import seed_everything
 
     load_weights(GPT(cfg), weights, tmp)  # the grown weights fit the model they claim to be
     (tmp / "config.toml").write_text(dump_toml(train_cfg.to_dict()), encoding="utf-8")
-    (tmp / "run.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    write_run_info(tmp, info)
     (tmp / TEMPLATE_FILE).write_text(CHATML_TEMPLATE, encoding="utf-8")
-    _seed_everything(train_cfg.seed)  # the RNG states the run starts from: a function of its seed
+    seed_everything(train_cfg.seed)  # the RNG states the run starts from: a function of its seed
     loader = torch.Generator().manual_seed(train_cfg.seed).get_state()
     state = {"tokens": 0, "elapsed_s": 0.0, "wall_s": 0.0, "loader": {"kind": "conversations", "step": 0},
              "sft_start": True}

@@ -72,7 +72,8 @@ def sweep_shapes(law: Law, budget: float, sizes: int, spread: float, vocab: int,
 
 def _prepare_data(data: str, out: Path, vocab_size: int, tokenizer: str | None, log) -> Path:
     """A prepared data folder: `data` itself if it is one, else OUT/data (tokenizer trained once, reused)."""
-    from homegpt.data.prepare import prepare, read_manifest
+    from homegpt.data.prepare import prepare
+    from homegpt.data.shards import read_manifest
 
     if (Path(data) / "manifest.json").is_file():
         read_manifest(data)
@@ -124,12 +125,13 @@ def read_results_rows(path: Path) -> list[dict]:
 
 
 def _recorded_arch(run_dir: Path) -> str | None:
-    from homegpt.train.loop import _previous_arch  # run.json's architecture; runs from before `arch` are GPT-2
+    from homegpt.rundir.info import previous_arch  # run.json's architecture; runs from before `arch` are GPT-2
 
-    return _previous_arch(run_dir) if str(run_dir) else None
+    return previous_arch(run_dir) if str(run_dir) else None
 
 
-def _append_row(path: Path, row: dict) -> None:
+def append_row(path: Path, row: dict) -> None:
+    """One sweep result appended to results.csv; a file from before today's columns is rewritten with them first."""
     if path.is_file():
         with open(path, newline="", encoding="utf-8") as f:
             header = next(csv.reader(f), [])
@@ -179,7 +181,7 @@ def run_sweep(data: str, budgets: list[float], sizes: int, out: str | Path, *, v
         raise UserError(f"{out} holds a sweep of arch {', '.join(others)}, not {model.arch}: "
                         f"use another --out for --arch {model.arch} (a law fitted across both would be neither's)")
     out.mkdir(parents=True, exist_ok=True)
-    from homegpt.data.prepare import read_manifest
+    from homegpt.data.shards import read_manifest
 
     data_dir = _prepare_data(data, out, vocab_size, tokenizer, log)
     vocab = read_manifest(data_dir)["model_vocab_size"]
@@ -245,7 +247,7 @@ def _run_all(runs, out: Path, done: set, results: Path, data_dir: Path, vocab: i
                "arch": shape.arch, "n_layer": shape.n_layer, "n_head": shape.n_head, "n_embd": shape.n_embd,
                "block_size": shape.block_size, "vocab_size": vocab, "batch_tokens": bt, "lr": cfg.lr,
                "seconds": round(time.perf_counter() - t0, 1), "run_dir": str(run_dir)}
-        _append_row(results, row)
+        append_row(results, row)
         log(f"    held-out loss {row['loss']:.4f} in {row['seconds']:.0f} s")
         ran += 1
     return ran, skipped

@@ -1,7 +1,7 @@
 """The run directory and its checkpoints: safetensors for tensors, JSON for everything else, never pickle.
 
     RUN/
-      run.json            what this run is: homegpt version, model shape, parameter counts, data manifest
+      run.json            what this run is: homegpt version, model shape, parameter counts, data (info.py)
       config.toml         the resolved training config (homegpt train --resume RUN reads it back)
       tokenizer.json      the tokenizer the model was trained with
       checkpoints/step-000200/
@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from homegpt.data.shards import fsync_dir
 from homegpt.errors import UserError
 from homegpt.model.gpt import GPT, GPTConfig
+from homegpt.rundir.info import read_run_info
 from homegpt.runtime.device import autocast_for, pick_device
 from homegpt.runtime.distributed import full_tensor
 
@@ -223,21 +224,10 @@ class Run:
     state: dict  # the checkpoint's state.json: tokens seen, training seconds, held-out loss
 
 
-def read_run_info(run_dir: str | Path) -> dict:
-    path = Path(run_dir)
-    if not path.exists():
-        raise UserError(f"run {path} does not exist")
-    if not (path / "run.json").is_file():
-        raise UserError(f"{path} is not a homegpt run directory (no run.json)")
-    try:
-        return json.loads((path / "run.json").read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserError(f"{path}/run.json is damaged") from None
-
-
 def load_run(run_dir: str | Path, device: str = "auto", step: int | str | None = None) -> Run:
     """A run's model (latest, best or a given step's weights; eval mode) and tokenizer, to evaluate or sample."""
-    from homegpt.data.tokenizer import file_sha256, load_tokenizer, token_byte_lengths
+    from homegpt.data.shards import file_sha256
+    from homegpt.data.tokenizer import load_tokenizer, token_byte_lengths
 
     path = Path(run_dir)
     info = read_run_info(path)

@@ -37,10 +37,12 @@ from safetensors.torch import load_file, save_file
 
 from homegpt import __version__
 from homegpt.data.chatml import TEMPLATE_FILE
-from homegpt.data.tokenizer import EOT, IM_END, file_sha256, load_tokenizer
+from homegpt.data.shards import file_sha256
+from homegpt.data.tokenizer import EOT, IM_END, load_tokenizer
 from homegpt.errors import UserError
 from homegpt.model.gpt import GPT, GPTConfig, count_params
 from homegpt.rundir.checkpoint import numpy_rng_json, python_rng_json
+from homegpt.rundir.info import run_info, write_run_info
 from homegpt.share.hf_arch import HF_CLASS, from_hf, to_hf
 
 META_FILE = "homegpt.json"
@@ -228,7 +230,7 @@ def checkpoint_eval(run, eval_info: dict | None) -> dict | None:
     not borrow them: its tokens and seconds come from its state.json, and its held-out metrics are measured
     now on the run's held-out split (when the prepared data is still there).
     """
-    from homegpt.data.prepare import read_manifest
+    from homegpt.data.shards import read_manifest
     from homegpt.train.heldout import evaluate_held_out, open_held_out
 
     if eval_info and eval_info.get("step") == run.step:
@@ -419,19 +421,9 @@ def write_run(out: Path, cfg: GPTConfig, weights: dict[str, torch.Tensor], step:
     TrainConfig.from_dict(train_cfg)  # the written config.toml must load back
     (out / "config.toml").write_text(dump_toml(train_cfg), encoding="utf-8")
     old = meta.get("run") or {}
-    info = {
-        "homegpt_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "model": cfg.to_dict(),
-        "params": count_params(cfg),
-        "data_dir": train_cfg["data_dir"],
-        "data_source": old.get("data_source", ""),
-        "tokenizer_sha256": file_sha256(out / "tokenizer.json"),
-        "dtype": old.get("dtype", "auto"),
-        "eot": EOT,
-        **(extra or {}),
-    }
-    _write_json(out / "run.json", info)
+    info = run_info(cfg, train_cfg["data_dir"], old.get("data_source", ""), file_sha256(out / "tokenizer.json"),
+                    old.get("dtype", "auto"), extra=extra)
+    write_run_info(out, info, ensure_ascii=False)
     if isinstance(meta.get("eval"), dict):
         _write_json(out / "eval.json", meta["eval"])
     ckpt = out / "checkpoints" / f"{CKPT_PREFIX}{step:06d}"

@@ -44,7 +44,7 @@ def push_run(
     endpoint: str | None = None,
 ) -> dict:
     """Export run_dir and upload it to repo_id (created if missing); with dry_run only list the files."""
-    from homegpt.rundir.checkpoint import read_run_info
+    from homegpt.rundir.info import read_run_info
     from homegpt.share.export import export_run
 
     check_repo_id(repo_id)

@@ -1,5 +1,5 @@
 """Held-out loss, perplexity and bits per byte: one definition, used by training (its evaluations and
-eval.json), `homegpt eval`, export's model card and chat fine-tuning.
+eval.json: evaluate_in_training), `homegpt eval`, export's model card and chat fine-tuning.
 
 Loss is the mean cross-entropy in nats per predicted token; perplexity = exp(loss); bits per byte = the summed
 nats / ln 2 over the UTF-8 bytes of the predicted tokens' text (token_bytes), so it compares across tokenizers.
@@ -103,3 +103,16 @@ def evaluate_held_out(model, held, token_bytes: torch.Tensor, batch_size: int = 
     if isinstance(held, PackedRows):
         return evaluate_rows(model, held, token_bytes, batch_size, max_tokens, autocast)
     return evaluate_tokens(model, held, token_bytes, batch_size, max_tokens, autocast)
+
+
+def evaluate_in_training(model, held, token_bytes: torch.Tensor, batch_size: int, eval_tokens: int, autocast,
+                         final: bool) -> tuple[dict, float]:
+    """A training run's evaluation: (metrics to report, the loss that ranks checkpoints for `best`).
+
+    During training: the first eval_tokens held-out tokens, the same ones each time. At the end: the whole
+    split, and, when the split is longer, those first eval_tokens again so the last checkpoint ranks fairly.
+    """
+    ev = evaluate_held_out(model, held, token_bytes, batch_size, None if final else eval_tokens, autocast)
+    if final and len(held) > eval_tokens + 1:
+        return ev, evaluate_held_out(model, held, token_bytes, batch_size, eval_tokens, autocast)["loss"]
+    return ev, ev["loss"]

@@ -100,7 +100,7 @@ def test_sweep_runs_use_the_recipe_of_their_arch(arch, tmp_path):
 
 
 def test_results_from_before_the_arch_column_are_read_and_upgraded(tmp_path):
-    from homegpt.plan.sweep import _append_row
+    from homegpt.plan.sweep import append_row
 
     old_fields = [f for f in RESULT_FIELDS if f != "arch"]
     results = tmp_path / "results.csv"
@@ -111,7 +111,7 @@ def test_results_from_before_the_arch_column_are_read_and_upgraded(tmp_path):
         writer.writeheader()
         writer.writerow(old)
     assert read_results_rows(results)[0]["arch"] == "gpt2"  # no run.json left to ask: GPT-2, the only one then
-    _append_row(results, {**old, "arch": "modern", "run_dir": str(tmp_path / "new")})
+    append_row(results, {**old, "arch": "modern", "run_dir": str(tmp_path / "new")})
     rows = read_results_rows(results)
     assert list(rows[0]) == RESULT_FIELDS and [r["arch"] for r in rows] == ["gpt2", "modern"]
     assert rows[0]["loss"] == "5.5" and rows[1]["run_dir"].endswith("new")

@@ -117,7 +117,7 @@ def test_fsdp_matches_one_process_and_checkpoints_move_between_them(data_dir, tm
 def test_fsdp_refuses_fp16_and_muon():
     from homegpt.errors import UserError
     from homegpt.train.config import TrainConfig
-    from homegpt.train.loop import check_fsdp
+    from homegpt.train.session import check_fsdp
 
     check_fsdp(TrainConfig(parallel="fsdp", dtype="bf16", optimizer="adamw").resolved(), torch.device("cpu"))
     with pytest.raises(UserError, match='set dtype = "bf16" or "fp32"'):
