@@ -42,7 +42,8 @@ def run_demo(data: str, out: Path) -> dict:
 
 
 def run_baseline(data: str, out: Path, seconds: float) -> dict:
-    from homegpt.data.prepare import prepare, read_manifest
+    from homegpt.data.prepare import prepare
+    from homegpt.data.shards import read_manifest
     from homegpt.data.tokenizer import train_tokenizer
     from homegpt.train.config import TrainConfig
     from homegpt.train.loop import measure_throughput, train

@@ -184,7 +184,7 @@ def _train_seed(job: dict, steps: int) -> dict:
     """The published loop: padded rows, loss over every position (padding included), AdamW at a constant lr."""
     import torch
 
-    from homegpt.data.prepare import open_split
+    from homegpt.data.shards import open_split
     from homegpt.data.tokenizer import load_tokenizer, token_byte_lengths
     from homegpt.model.gpt import GPT
     from homegpt.train.heldout import evaluate_tokens

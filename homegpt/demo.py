@@ -19,7 +19,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from homegpt.data.prepare import prepare, read_manifest
+from homegpt.data.prepare import prepare
+from homegpt.data.shards import read_manifest
 from homegpt.data.tokenizer import train_tokenizer
 from homegpt.errors import UserError
 from homegpt.model.gpt import count_params

@@ -24,7 +24,8 @@ def cmd_tokenizer(args) -> int:
 def cmd_prepare(args) -> int:
     import time
 
-    from homegpt.data.prepare import prepare, verify
+    from homegpt.data.prepare import prepare
+    from homegpt.data.shards import verify
     from homegpt.data.sources import source_spec
 
     if args.tokenizer is None:

@@ -34,13 +34,11 @@ from homegpt.data.chunks import Chunk, chunks
 from homegpt.data.encoders import EncoderPool
 from homegpt.data.fastenc import choose_encoder
 from homegpt.data.formats import Progress
-from homegpt.data.shards import SHARD_RE, fsync_dir, open_split, read_manifest, verify, write_json_atomic
+from homegpt.data.shards import SHARD_RE, file_sha256, fsync_dir, write_json_atomic
 from homegpt.data.sources import VAL_EVERY, Source, as_source, fingerprint
-from homegpt.data.tokenizer import EOT, file_sha256, load_tokenizer, round_vocab
+from homegpt.data.tokenizer import EOT, load_tokenizer, round_vocab
 from homegpt.data.writer import DEDUP_LOG, SPLITS, STATE_FILE, OrderedWriter, fresh_state, load_state
 from homegpt.errors import UserError
-
-__all__ = ["prepare", "read_manifest", "open_split", "verify", "token_dtype", "plan_memory", "min_memory_mb"]
 
 MANIFEST_VERSION = 2
 DEFAULT_SHARD_TOKENS = 100_000_000

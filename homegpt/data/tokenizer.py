@@ -24,7 +24,6 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from homegpt.data.shards import file_sha256  # noqa: F401  (the tokenizer's hash, re-exported for callers)
 from homegpt.data.sources import PIECE_CHARS, Corpus, as_source, cut_pieces, iter_assigned
 from homegpt.errors import UserError
 

@@ -364,7 +364,7 @@ def count_data(spec: str, tokenizer: str | None = None, bytes_per_token: float =
     estimated from its bytes at bytes_per_token). Also the vocabulary size when it is known."""
     path = Path(spec)
     if (path / "manifest.json").is_file():
-        from homegpt.data.prepare import read_manifest
+        from homegpt.data.shards import read_manifest
 
         m = read_manifest(path)
         train = m["splits"]["train"]

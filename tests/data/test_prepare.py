@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from homegpt.cli import main
-from homegpt.data.prepare import STATE_FILE, open_split, prepare, read_manifest, token_dtype, verify
+from homegpt.data.prepare import prepare, token_dtype
+from homegpt.data.shards import open_split, read_manifest, verify
 from homegpt.data.sources import load_corpus
 from homegpt.data.tokenizer import EOT, load_tokenizer
-from homegpt.data.writer import OrderedWriter
+from homegpt.data.writer import STATE_FILE, OrderedWriter
 from homegpt.errors import UserError
 
 

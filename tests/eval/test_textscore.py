@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from homegpt.cli import main
+from homegpt.data.shards import file_sha256
 from homegpt.data.sources import cut_pieces, load_corpus
-from homegpt.data.tokenizer import EOT, file_sha256, load_tokenizer, round_vocab, token_byte_lengths
+from homegpt.data.tokenizer import EOT, load_tokenizer, round_vocab, token_byte_lengths
 from homegpt.eval.evaluate import evaluate_run
 from homegpt.eval.textscore import Piece, Tally, document_windows, score_windows
 from homegpt.model.gpt import GPT, GPTConfig
