@@ -17,7 +17,7 @@ checkpoint, so a resumed run draws exactly the rows an uninterrupted one would.
 The held-out conversations are scored on their loss tokens only (train/heldout.py's evaluate_rows): mean
 nats per assistant token, perplexity, and bits per byte of those tokens' text.
 
-The functions at the end (check_data, training_loader) are what train/loop.py calls for any prepared folder:
+The functions at the end (check_data, training_loader) are what train/session.py calls for any prepared folder:
 token shards go to their usual code.
 """
 

@@ -184,7 +184,7 @@ def test_sample_chat_keeps_the_conversation(sft_run):
 
 
 def test_serve_answers_chat_with_the_template_and_stops_at_im_end(sft_run, tmp_path):
-    from test_serve import Server
+    from servers import Server
 
     run_dir, _ = sft_run
     server = Server(run_dir, tmp_path / "log.txt")

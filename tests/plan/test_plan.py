@@ -254,7 +254,7 @@ def test_law_file_that_does_not_parse(tmp_path, capsys):
 
 
 def test_fit_cli_writes_a_law_that_plan_uses(tmp_path, capsys):
-    from tests.test_scaling import TRUE, synthetic_runs
+    from test_scaling import TRUE, synthetic_runs
 
     n, d, c, loss = synthetic_runs(TRUE, noise=0.002)
     rows = "\n".join(f"{a},{b},{e}" for a, b, e in zip(n, d, loss, strict=True))
