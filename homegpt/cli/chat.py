@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 
 from homegpt.cli.common import CONFIG_FLAGS_HELP, STEP_HELP, emit, stdin_lines, step_arg, write
-from homegpt.errors import UserError
+from homegpt.errors import UserError, check_text
 
 
 def cmd_sft(args, overrides: list[str]) -> int:
@@ -87,6 +87,7 @@ def chat_session(run, opts, system: str | None = None, as_json: bool = False) ->
             continue
         messages = history + [{"role": "user", "content": text}]
         try:
+            check_text(text, "this message")
             ids, ends, stops, dropped = fit_prompt(run, fmt, messages, opts.max_new_tokens)
         except UserError as e:  # one message too long for the context: say so, keep chatting
             print(f"homegpt: error: {e}", file=sys.stderr)

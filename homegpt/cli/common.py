@@ -39,7 +39,10 @@ def write(s: str) -> None:
 
 
 def stdin_lines(marker: str) -> Iterator[str]:
-    """Lines of stdin (newline removed) until EOF, with `marker` on stderr before each when it is a terminal."""
+    """Lines of stdin (newline removed) until EOF, with `marker` on stderr before each when it is a terminal.
+    Bytes that are not UTF-8 come through as lone surrogates (check_text refuses that line, not the session)."""
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="surrogateescape")
     tty = sys.stdin.isatty()
     while True:
         if tty:

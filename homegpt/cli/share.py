@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from homegpt.cli.common import STEP_HELP, emit, stdin_lines, step_arg, write
-from homegpt.errors import UserError
+from homegpt.errors import UserError, check_text
 
 
 def _prompts(args) -> list[str]:
@@ -20,6 +20,8 @@ def _prompts(args) -> list[str]:
             prompts += path.read_text(encoding="utf-8").splitlines()
         except UnicodeDecodeError:
             raise UserError(f"prompts file {path} is not UTF-8 text") from None
+    for i, prompt in enumerate(args.prompt or []):
+        check_text(prompt, "--prompt" if len(args.prompt) == 1 else f"--prompt number {i + 1}")
     return prompts or [""]
 
 
@@ -44,6 +46,8 @@ def cmd_sample(args) -> int:
                         "--interactive")
     if args.system is not None and not args.chat:
         raise UserError("--system goes with --chat")
+    if args.system is not None:
+        check_text(args.system, "--system")
     prompts = [] if args.interactive or args.chat else _prompts(args)
     run = load_run(args.run, device=args.device, step=args.step)
     if args.chat:

@@ -31,7 +31,7 @@ from datetime import datetime
 from pathlib import Path
 
 from homegpt.data.tokenizer import IM_END
-from homegpt.errors import UserError
+from homegpt.errors import UserError, check_text
 
 TEMPLATE_FILE = "chat_template.jinja"  # a model folder's chat template (written by sft and export)
 ROLES = ("system", "developer", "user", "assistant")
@@ -91,6 +91,7 @@ def _message(m: dict, i: int) -> dict:
         content = "".join(parts)
     if not isinstance(content, str):
         raise UserError(f"messages[{i}].content must be a string or a list of text parts")
+    check_text(content, f"messages[{i}].content")
     return {"role": "system" if role == "developer" else role, "content": content}
 
 

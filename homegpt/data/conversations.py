@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from homegpt.data.tokenizer import EOT, IM_END, IM_START
-from homegpt.errors import UserError
+from homegpt.errors import UserError, check_text
 
 ROLES = ("system", "user", "assistant")
 MESSAGES_FIELD = "messages"
@@ -150,6 +150,7 @@ def check_messages(messages: list, where: str) -> list[dict]:
             raise UserError(f"{where}: message {i} has role {role!r}: use system, user or assistant")
         if not isinstance(content, str):
             raise UserError(f"{where}: message {i} ({role}) has no text content")
+        check_text(content, f"{where}: message {i} ({role})")
         if not content.strip():
             if role == "system":
                 continue  # an empty system prompt says nothing: left out

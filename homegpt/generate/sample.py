@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from homegpt.data.tokenizer import EOT
-from homegpt.errors import UserError
+from homegpt.errors import UserError, check_text
 from homegpt.generate.engine import Engine, Sampling, Scheduler, Sequence, apply_repetition_penalty  # noqa: F401
 from homegpt.model.gpt import GPT
 
@@ -48,6 +48,8 @@ class SampleOptions:
             raise UserError(f"--repetition-penalty must be positive (1 = off), got {self.repetition_penalty}")
         if any(s == "" for s in self.stop):
             raise UserError("--stop needs a non-empty string")
+        for s in self.stop:
+            check_text(s, "--stop")
 
 
 @dataclass
@@ -64,8 +66,8 @@ class Completion:
                 "new_tokens": self.new_tokens, "seed": self.seed}
 
 
-def encode_prompt(tok, prompt: str, block_size: int, max_new_tokens: int) -> list[int]:
-    ids = [tok.token_to_id(EOT)] + tok.encode(prompt).ids
+def encode_prompt(tok, prompt: str, block_size: int, max_new_tokens: int, what: str = "the prompt") -> list[int]:
+    ids = [tok.token_to_id(EOT)] + tok.encode(check_text(prompt, what)).ids
     if len(ids) + max_new_tokens > block_size:
         raise UserError(
             f"prompt ({len(ids)} tokens with the start marker) + --max-new-tokens {max_new_tokens} exceeds the "

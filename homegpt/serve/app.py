@@ -45,6 +45,7 @@ from homegpt.serve.openai_api import (
     chat_delta,
     completion_choice,
     error_param,
+    first_error,
     new_id,
     now,
     usage,
@@ -350,7 +351,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
+        first = first_error(exc.errors())
         param = error_param(tuple(first.get("loc", ())))
         message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
         if first.get("type") == "json_invalid":

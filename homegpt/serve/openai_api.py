@@ -13,7 +13,9 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
+
+from homegpt.errors import UserError, check_text
 
 MAX_N = 16
 MAX_STOPS = 4
@@ -22,6 +24,17 @@ Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 TopK = Annotated[StrictInt, Field(ge=-1)]
 Tokens = Annotated[StrictInt, Field(ge=1)]
+
+
+def _utf8(value: str) -> str:
+    """JSON can spell half a surrogate pair ("\\ud800"), which no tokenizer encodes: a 400 naming the field."""
+    try:
+        return check_text(value, "this string")
+    except UserError as e:
+        raise ValueError(str(e)) from None
+
+
+Text = Annotated[StrictStr, AfterValidator(_utf8)]  # every string the server reads or echoes
 
 
 class APIError(Exception):
@@ -45,11 +58,11 @@ class _Common(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    model: StrictStr
+    model: Text
     temperature: Temperature = 1.0
     top_p: TopP = 1.0
     top_k: TopK | None = None  # extra: keep the K likeliest tokens; 0 or -1 = off
-    stop: StrictStr | list[StrictStr] | None = None
+    stop: Text | list[Text] | None = None
     n: Annotated[StrictInt, Field(ge=1, le=MAX_N)] = 1
     seed: StrictInt | None = None
     stream: StrictBool = False
@@ -59,7 +72,7 @@ class _Common(BaseModel):
     frequency_penalty: float = 0.0  # not implemented: only 0
     presence_penalty: float = 0.0
     logit_bias: dict[str, float] | None = None
-    user: str | None = None
+    user: Text | None = None
 
     @model_validator(mode="after")
     def _check_common(self):
@@ -87,7 +100,7 @@ class _Common(BaseModel):
 
 
 class CompletionRequest(_Common):
-    prompt: StrictStr | list[StrictStr]
+    prompt: Text | list[Text]
     max_tokens: Tokens | None = 16  # OpenAI's default; null = the rest of the context
     echo: StrictBool = False
     logprobs: Literal[None] = None  # not implemented
@@ -109,9 +122,9 @@ class CompletionRequest(_Common):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    role: StrictStr
-    content: StrictStr | list[dict[str, Any]] | None = None
-    name: StrictStr | None = None
+    role: Text
+    content: Text | list[dict[str, Any]] | None = None
+    name: Text | None = None
 
 
 class ChatRequest(_Common):
@@ -170,6 +183,17 @@ def chat_delta(index: int, delta: dict, finish: str | None) -> dict:
 
 
 def error_param(loc: tuple) -> str | None:
-    """The request field a pydantic error location names ('body', 'messages', 0, 'role' -> 'messages.0.role')."""
-    parts = [str(p) for p in loc if p != "body"]
+    """The request field a pydantic error location names ('body', 'messages', 0, 'role' -> 'messages.0.role'),
+    without the members of a union pydantic tried ('prompt', 'list[str]', 1 -> 'prompt.1')."""
+    parts = [str(p) for p in loc if p != "body" and not _union_member(p)]
     return ".".join(parts) or None
+
+
+def _union_member(part) -> bool:
+    return isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool", "list", "dict"))
+
+
+def first_error(errors: list[dict]) -> dict:
+    """The error to report: one of the value checks (which say what is wrong) before "Input should be ..."
+    errors, which a union also raises for the members the value was never meant to be."""
+    return next((e for e in errors if e.get("type") == "value_error"), errors[0] if errors else {})

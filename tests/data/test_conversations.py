@@ -120,6 +120,8 @@ BAD = {
     "empty message": ('{"prompt": "hi", "completion": "  "}\n', ":1: message 1 (assistant) is empty"),
     "unknown role": ('{"messages": [{"role": "tool", "content": "x"}]}\n', "has role 'tool'"),
     "empty file": ("", "holds no usable conversations"),
+    "half a surrogate pair": ('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", '
+                              '"content": "ok \\ud800"}]}\n', ":1: message 1 (assistant) is not valid text"),
 }
 
 

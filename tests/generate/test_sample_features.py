@@ -189,3 +189,34 @@ def test_cli_bad_sample_flags_exit_2_with_one_line(loaded, capsys, flags):
     run_dir, _, _ = loaded
     code, out, err = run_cli(capsys, "sample", run_dir, *flags)
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("flags, what", [
+    (["--prompt", "ab\udcff\udcfe"], "--prompt"),  # bytes that are not UTF-8, as Python decodes argv
+    (["--prompt", "ok", "--prompt", "\ud800"], "--prompt number 2"),
+    (["--prompt", "ok", "--stop", "\ud800"], "--stop"),
+    (["--chat", "--system", "\udcff"], "--system"),
+])
+def test_text_that_is_not_unicode_is_one_line_and_exit_2(trained_run, capsys, flags, what):
+    code = main(["sample", str(trained_run[0]), *flags])
+    out, err = capsys.readouterr()
+    assert code == 2 and not out and err.count("\n") == 1, err
+    assert err.startswith(f"homegpt: error: {what} is not valid text"), err
+
+
+def test_bytes_that_are_not_utf8_on_the_command_line_and_stdin(trained_run):
+    """The real thing: a mis-encoded terminal's bytes in argv (one line, exit 2), and on stdin (that line is
+    refused, the session goes on)."""
+    import subprocess
+    import sys
+
+    run = str(trained_run[0])
+    r = subprocess.run([sys.executable, "-m", "homegpt", "sample", run, "--prompt", b"ab\xff\xfe"],
+                       capture_output=True, timeout=120)
+    assert r.returncode == 2 and r.stdout == b"", r.stderr
+    assert r.stderr.decode().startswith("homegpt: error: --prompt is not valid text") and r.stderr.count(b"\n") == 1
+    r = subprocess.run([sys.executable, "-m", "homegpt", "sample", run, "--interactive", "--json", "--max-new-tokens",
+                        "2"], input=b"ab\xff\nThe\n", capture_output=True, timeout=120)
+    assert r.returncode == 0 and b"Traceback" not in r.stderr, r.stderr
+    assert b"the prompt is not valid text" in r.stderr
+    assert [json.loads(line)["prompt"] for line in r.stdout.decode().splitlines()] == ["The"]

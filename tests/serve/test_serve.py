@@ -14,8 +14,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -25,50 +23,14 @@ from pathlib import Path
 import openai
 import pytest
 import torch
+from servers import KEY, Server
 
 from homegpt.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # in-process sampling of tiny models: see conftest
 
-KEY = "test-key"
 TEMPLATE = ("{{ bos_token }}{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>\n"
             "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}")
-
-
-class Server:
-    """`python -m homegpt serve ... --port 0` in its own process; url once it listens."""
-
-    def __init__(self, model: Path, log: Path, *flags: str) -> None:
-        env = dict(os.environ, OMP_NUM_THREADS="1")
-        self.log = log
-        self.proc = subprocess.Popen([sys.executable, "-m", "homegpt", "serve", str(model), "--port", "0",
-                                      "--device", "cpu", *flags], stdout=log.open("w"), stderr=subprocess.STDOUT,
-                                     env=env)
-        deadline = time.time() + 120
-        while not (m := re.search(r"at (http://127\.0\.0\.1:\d+)/", log.read_text())):
-            assert self.proc.poll() is None and time.time() < deadline, f"server did not start: {log.read_text()}"
-            time.sleep(0.1)
-        self.url = m.group(1)
-        while True:
-            try:
-                urllib.request.urlopen(self.url + "/health", timeout=5).read()
-                break
-            except OSError:
-                assert time.time() < deadline, log.read_text()
-                time.sleep(0.1)
-
-    def client(self, key: str | None = KEY) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=key or "none", max_retries=0, timeout=60)
-
-    def health(self) -> dict:
-        return json.loads(urllib.request.urlopen(self.url + "/health", timeout=10).read())
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 def never_ending_gpt2(tok_dir: Path, work: Path) -> tuple[Path, Path]:
@@ -227,6 +189,26 @@ def test_errors_are_openais_and_the_server_keeps_serving(run_server, trained_run
     assert e.value.status_code == 503
     assert client.completions.create(model="run", prompt="The", max_tokens=3).choices[0].text is not None
     assert run_server.health()["errors"] == 0 and run_server.proc.poll() is None
+
+
+@pytest.mark.parametrize("path, body, param", [
+    ("/v1/completions", {"model": "run", "prompt": "ab\ud800"}, "prompt"),  # legal JSON, not text
+    ("/v1/completions", {"model": "run", "prompt": ["ok", "\udc80"]}, "prompt.1"),
+    ("/v1/completions", {"model": "run", "prompt": "ok", "stop": ["\ud800"]}, "stop.0"),
+    ("/v1/completions", {"model": "run\ud800", "prompt": "ok"}, "model"),
+    ("/v1/chat/completions", {"model": "run", "messages": [{"role": "user", "content": "\udfff"}]},
+     "messages.0.content"),
+    ("/v1/chat/completions",
+     {"model": "run", "messages": [{"role": "user", "content": [{"type": "text", "text": "\ud800"}]}]}, "messages"),
+])
+def test_text_that_is_not_unicode_is_a_400_naming_the_field(run_server, path, body, param):
+    status, _, reply = raw(run_server, "POST", path, body, {"Authorization": f"Bearer {KEY}"})
+    assert status == 400, reply
+    assert reply["error"]["param"] == param and "not valid text" in reply["error"]["message"], reply
+    if param == "messages":  # a text part: the message names which
+        assert reply["error"]["message"].startswith("messages[0].content"), reply
+    assert run_server.client().completions.create(model="run", prompt="The", max_tokens=2).choices[0].text is not None
+    assert run_server.health()["errors"] == 0
 
 
 def concurrent(server: Server, jobs: list[dict], key: str | None = KEY) -> list[str]:
