@@ -2,7 +2,7 @@
 
     python benchmarks/chat_task.py [--base runs/demo/run] [--out RUN-sft] [--n 400] [--json] [-- SFT FLAGS ...]
 
-Scores the base run on the task's held-out conversations (homegpt/chattask.py: verses never used for training,
+Scores the base run on the task's held-out conversations (homegpt/data/builtin_chat.py: verses never used for training,
 the ChatML template as the prompt, greedy answers), fine-tunes it with the real command (`homegpt sft BASE
 --data builtin --out OUT`, flags after `--` passed on, e.g. `-- --lr 0.01`), scores the SFT run the same way
 and prints, for both, the share of exact answers (overall and per kind) and the share of answers that end

@@ -9,7 +9,7 @@
                  homegpt's trainer never pads.
     (b) nanogpt  nanoGPT's recipe: GPT-2, packed documents, AdamW (0.9, 0.95) with weight decay 0.1 on
                  matrices, warmup + cosine decay to 10%, gradient clipping at 1 (`arch = "gpt2"` in homegpt).
-    (c) homegpt  homegpt's modern recipe (the defaults: model.py's arch = "modern", optim.py's Muon + AdamW
+    (c) homegpt  homegpt's modern recipe (the defaults: model/gpt.py's arch = "modern", train/optim.py's Muon + AdamW
                  on a warmup-stable-decay schedule) through the real trainer.
 
 Same data, tokenizer (vocabulary 2,048), model shape (4 layers x 128 wide by default), batch (2,048

@@ -193,7 +193,7 @@ def sft_overrides(base, manifest: dict, epochs: float, given: dict[str, str]) ->
     rows, block = manifest["splits"]["train"]["rows"], int(manifest["row_tokens"]) - 1
     batch = int(given.get("batch_tokens", base.batch_tokens))
     micro = int(given.get("micro_batch", base.micro_batch)) or 16
-    per_step = max(1, round(batch / (micro * block))) * micro  # rows per step, as train.py rounds (one process)
+    per_step = max(1, round(batch / (micro * block))) * micro  # rows per step, as training rounds (one process)
     steps = max(1, math.ceil(epochs * rows / per_step))
     out = {"lr": base.lr * LR_SCALE, "embedding_lr": base.embedding_lr * LR_SCALE,
            "head_lr": base.head_lr * LR_SCALE, "scalar_lr": base.scalar_lr * LR_SCALE, "min_lr_ratio": 0.0,
@@ -226,7 +226,7 @@ def _run_info(run, base: Path, cfg: GPTConfig, train_cfg, manifest: dict, tok_pa
 
 
 def _write_run(tmp: Path, train_cfg, info: dict, weights: dict[str, torch.Tensor], cfg: GPTConfig) -> None:
-    """run.json, config.toml, chat_template.jinja and the step-0 checkpoint train.py resumes from."""
+    """run.json, config.toml, chat_template.jinja and the step-0 checkpoint the train loop resumes from."""
     from homegpt.rundir.checkpoint import load_weights, save_checkpoint
     from homegpt.train.config import dump_toml
     from homegpt.train.session import seed_everything

@@ -1,7 +1,7 @@
 """CLI for chat: `homegpt sft` (fine-tune a run on conversations) and `homegpt sample RUN --chat`.
 
 `homegpt sample RUN --chat` is a terminal chat that keeps the conversation: one user message per stdin
-line, the answer streamed as it is generated. The prompt is the run's chat format (chat.py: its
+line, the answer streamed as it is generated. The prompt is the run's chat format (data/chatml.py: its
 chat_template.jinja, which `homegpt sft` writes, else the plain-text one a base model gets from `homegpt
 serve`); the answer ends at <|im_end|> (or the template's eos_token, <|endoftext|>, a stop string) or after
 --max-new-tokens. When the conversation outgrows the context, its oldest turns are left out of the prompt

@@ -1,4 +1,4 @@
-"""Packed conversations: what `homegpt sft` trains on, and what train.py reads besides `prepare`'s token shards.
+"""Packed conversations: what `homegpt sft` trains on, and what training reads besides `prepare`'s token shards.
 
 A folder of packed conversations is a prepared data folder (manifest.json, tokenizer.json, token shards
 checked as every shard is) with "kind": "conversations" and, beside each token shard, a loss-mask shard of
@@ -8,7 +8,7 @@ packed best-fit without ever cutting one (Packer), the rest of the row <|endofte
 loss. A conversation longer than a row is dropped, or with too_long = "cut" cut to the row (kept if some of
 its answer is left); both are counted in the manifest and the log.
 
-PackedLoader gives train.py the same (x, y) micro-batches as loader.TokenLoader, with y = IGNORE_INDEX
+PackedLoader gives training the same (x, y) micro-batches as loader.TokenLoader, with y = IGNORE_INDEX
 wherever the mask is 0, and the same layout per step and rank ([accum][world][micro_batch], rank r keeps
 [:, r]). Row order: "random" goes through the rows in a seeded permutation per epoch (epoch e's permutation
 is a pure function of (seed, e)), "sequential" in order; the position is the step alone, saved in every
@@ -245,7 +245,7 @@ def check_data(data_dir: str | Path, manifest: dict) -> dict:
 
 def training_loader(data_dir: str | Path, manifest: dict, block_size: int, micro: int, accum: int, seed: int,
                     device, rank: int, world: int, order: str):
-    """The loader train.py draws its batches from: TokenLoader over token shards, PackedLoader over packed
+    """The loader training draws its batches from: TokenLoader over token shards, PackedLoader over packed
     conversations (whose rows must be the model's context + 1)."""
     if not is_packed(manifest):
         from homegpt.data.loader import TokenLoader

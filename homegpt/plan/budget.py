@@ -44,7 +44,7 @@ MIN_STEPS = 200  # the batch rule is shrunk until a run has at least this many o
 @dataclass(frozen=True)
 class Arch:
     """The architecture a shape is planned for: what, besides the shape, sets its parameter count
-    (model.py: gpt2 has position embeddings and biases, modern has q/k-norm gains, SwiGLU's hidden size,
+    (model/gpt.py: gpt2 has position embeddings and biases, modern has q/k-norm gains, SwiGLU's hidden size,
     an untied head adds V x d) and which recipe trains it. Checked, and mlp made concrete, on creation."""
 
     arch: str = DEFAULT_ARCH
@@ -205,7 +205,7 @@ def plan(*, flops: float | None = None, budget_usd: float | None = None, gpu_hou
          unique_tokens: float | None = None, throughput: Throughput | None = None, arch: str = DEFAULT_ARCH,
          mlp: str = "", tie_embeddings: bool | None = None) -> dict:
     """A complete plan as a JSON-ready dict (see docs/planning.md for every key), for the recipe of `arch`
-    (gpt2 | modern; mlp and tie_embeddings as in model.py)."""
+    (gpt2 | modern; mlp and tie_embeddings as in model/gpt.py)."""
     given = [k for k, v in (("--flops", flops), ("--budget-usd", budget_usd), ("--gpu-hours", gpu_hours))
              if v is not None]
     if len(given) != 1:

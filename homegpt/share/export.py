@@ -211,7 +211,7 @@ def write_model_files(dest: Path, config: dict, weights: dict[str, torch.Tensor]
 
 
 def write_transformers_model(run, dest: str | Path) -> Path:
-    """A loaded run's weights as a bare transformers folder (no card, no provenance): what tasks.py evaluates."""
+    """A loaded run's weights as a bare transformers folder (no card, no provenance): what eval/harness.py evaluates."""
     from homegpt.rundir.checkpoint import model_state
 
     dest = Path(dest)
@@ -276,7 +276,7 @@ def card_samples(run_path: Path, run, n: int = 3) -> list[dict]:
 
 
 def last_training_sample(path: Path, step: int | None = None) -> tuple[str, str] | None:
-    """(step, prompt + text) of the last '--- step N' block train.py wrote to samples.txt (the last one
+    """(step, prompt + text) of the last '--- step N' block training wrote to samples.txt (the last one
     written at `step`, if given), or None."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -449,7 +449,7 @@ def _imported_train_config(saved: dict, cfg: GPTConfig) -> dict:
 
 
 def write_fresh_checkpoint(ckpt: Path, weights: dict[str, torch.Tensor], step: int, meta: dict, seed: int) -> None:
-    """A checkpoint train.py can resume from: weights, seeded RNG states, state.json; no optimizer file."""
+    """A checkpoint `homegpt train --resume` continues from: weights, seeded RNG states, state.json; no optimizer."""
     ckpt.mkdir(parents=True)
     save_file(weights, str(ckpt / "model.safetensors"))
     gen = torch.Generator().manual_seed(seed + step)

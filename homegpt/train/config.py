@@ -37,7 +37,7 @@ class TrainConfig:
     n_embd: int = 0
     block_size: int = 0
     dropout: float = 0.0
-    # the architecture (model.py): gpt2 | modern; "" = the preset's if it names one, else modern (RoPE,
+    # the architecture (model/gpt.py): gpt2 | modern; "" = the preset's if it names one, else modern (RoPE,
     # RMSNorm, QK-norm, no biases; the recipe BENCHMARKS.md measures best)
     arch: str = ""
     mlp: str = ""  # modern: relu2 (4d, squared ReLU) | swiglu (gated SiLU, ~8/3 d); gpt2: gelu. "" = the first

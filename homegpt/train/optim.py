@@ -14,7 +14,7 @@
     schedule = "wsd"     warmup-stable-decay (the "trapezoid" of modded-nanogpt and nanochat): linear warmup,
                          constant, then a linear decay over the last decay_fraction of the steps down to
                          min_lr_ratio x the peak. Because the rate is flat until the decay, the length of a
-                         run can be decided late (train.py re-plans a time-budgeted run while it is flat).
+                         run can be decided late (loop.py re-plans a time-budgeted run while it is flat).
 
 Every parameter group carries its peak rate as "peak_lr"; `apply_schedule` multiplies it by the schedule's
 factor at each step, so all groups follow one shape.

@@ -328,7 +328,7 @@ def test_imported_run_resumes_training(which, request, data_dir, tmp_path):
     cfg = load_config(run / "config.toml", {"data_dir": str(data_dir), "max_steps": str(info["step"] + 2),
                                             "sample_tokens": "0", "eval_tokens": "256"})
     # One step, then stop as an interruption would (checkpoint written, no final evaluation): enough to show
-    # that train.py accepts the imported checkpoint and continues from its step.
+    # that training accepts the imported checkpoint and continues from its step.
     result = train(cfg, run, resume=True, progress=False, log=lambda m: None, stop_after=1)
     assert result["step"] == info["step"] + 1
     assert (run / "checkpoints" / f"step-{info['step'] + 1:06d}" / "optimizer.safetensors").is_file()
