@@ -136,7 +136,8 @@ def _plan_inputs(args) -> tuple[dict, list[str]]:
 
 
 def cmd_plan(args) -> int:
-    from homegpt.plan.budget import measure_plan, plan, plot_isoflop, write_config
+    from homegpt.plan.budget import measure_plan, plan, write_config
+    from homegpt.plan.plots import plot_isoflop
     from homegpt.plan.scaling import load_law
 
     kwargs, notes = _plan_inputs(args)
@@ -209,9 +210,8 @@ def plan_table(r: dict) -> list[str]:
 def cmd_fit(args) -> int:
     import numpy as np
 
-    from homegpt.plan.budget import plot_fit
-    from homegpt.plan.scaling import bootstrap, fit_approach2, fit_approach3, read_results
-
+    from homegpt.plan.fit import bootstrap, fit_approach2, fit_approach3, read_results
+    from homegpt.plan.plots import plot_fit
     runs = read_results(args.results).drop_highest(args.drop_highest)
     fit = fit_approach3(runs.params, runs.tokens, runs.loss)
     if args.bootstrap:

@@ -11,19 +11,8 @@ import pytest
 from scipy.optimize import minimize_scalar
 
 from homegpt.errors import UserError
-from homegpt.plan.scaling import (
-    LAWS,
-    Law,
-    bootstrap,
-    constrained_loss,
-    constrained_optimum,
-    effective_data,
-    fit_approach2,
-    fit_approach3,
-    lbfgs_batch,
-    load_law,
-    read_results,
-)
+from homegpt.plan.fit import bootstrap, fit_approach2, fit_approach3, lbfgs_batch, read_results
+from homegpt.plan.scaling import LAWS, Law, constrained_loss, constrained_optimum, effective_data, load_law
 
 CHINCHILLA = Path(__file__).resolve().parents[1] / "fixtures" / "chinchilla_fig4_points.csv"
 TRUE = Law("true", 1.9, 300.0, 1200.0, 0.32, 0.38)
