@@ -50,6 +50,7 @@ from homegpt.serve.openai_api import (
     now,
     usage,
 )
+from homegpt.serve.schema import publish, responses
 from homegpt.serve.worker import Generation, Overloaded, Worker
 
 DISCONNECT_POLL_S = 0.5
@@ -69,7 +70,7 @@ def create_app(served: Served, max_batch: int = 16, max_queue: int = 64, api_key
         yield
         worker.stop()
 
-    app = FastAPI(title="homegpt", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="homegpt", lifespan=lifespan, docs_url=None, redoc_url=None)  # /openapi.json: schema.py
     app.state.worker = worker
     if cors:
         from fastapi.middleware.cors import CORSMiddleware
@@ -82,6 +83,7 @@ def create_app(served: Served, max_batch: int = 16, max_queue: int = 64, api_key
     _add_models(app, served, auth)
     _add_completions(app, served, worker, auth)
     _add_chat_completions(app, served, worker, auth)
+    publish(app, api_key)
     return app
 
 
@@ -124,18 +126,18 @@ def _add_models(app: FastAPI, served: Served, auth: list) -> None:
                 "context_length": served.context, "max_model_len": served.context,
                 "chat_template": served.chat.kind}
 
-    @app.get("/v1/models", dependencies=auth)
+    @app.get("/v1/models", dependencies=auth, responses=responses(401))
     async def models() -> dict:
         return {"object": "list", "data": [model_card()]}
 
-    @app.get("/v1/models/{model_id:path}", dependencies=auth)
+    @app.get("/v1/models/{model_id:path}", dependencies=auth, responses=responses(401, 404))
     async def model(model_id: str) -> dict:
         _check_model(served, model_id)
         return model_card()
 
 
 def _add_completions(app: FastAPI, served: Served, worker: Worker, auth: list) -> None:
-    @app.post("/v1/completions", dependencies=auth)
+    @app.post("/v1/completions", dependencies=auth, responses=responses(400, 401, 404, 503, streams=True))
     async def completions(body: CompletionRequest, request: Request):
         _check_model(served, body.model)
         seed = _seed(body.seed)
@@ -161,7 +163,7 @@ def _add_completions(app: FastAPI, served: Served, worker: Worker, auth: list) -
 
 
 def _add_chat_completions(app: FastAPI, served: Served, worker: Worker, auth: list) -> None:
-    @app.post("/v1/chat/completions", dependencies=auth)
+    @app.post("/v1/chat/completions", dependencies=auth, responses=responses(400, 401, 404, 503, streams=True))
     async def chat_completions(body: ChatRequest, request: Request):
         _check_model(served, body.model)
         try:

@@ -13,17 +13,48 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
 
 from homegpt.errors import UserError, check_text
 
 MAX_N = 16
 MAX_STOPS = 4
 
+MAX_SEED = 2**63 - 1 - MAX_N  # seed + choice must stay a 64-bit seed
+
+
+def _whole(value):
+    """JSON has one kind of number: 16.0 is the integer 16, as JSON Schema's "integer" says (True is no number)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def whole(**limits) -> Any:
+    """An integer field, its limits in the schema (they must come before the validator for pydantic to say so)."""
+    return Annotated[StrictInt, Field(**limits), BeforeValidator(_whole)]
+
+
 Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
-TopK = Annotated[StrictInt, Field(ge=-1)]
-Tokens = Annotated[StrictInt, Field(ge=1)]
+TopK = whole(ge=-1)
+Tokens = whole(ge=1)
+
+def schema_says(**constraints) -> Any:
+    """A constraint the published schema states while the validators below check it, with a message that says
+    what to do instead of pydantic's."""
+    return Field(json_schema_extra=constraints)
+
+
+Zero = Annotated[float, schema_says(minimum=0, maximum=0)]  # not implemented: accepted at its neutral value only
 
 
 def _utf8(value: str) -> str:
@@ -35,6 +66,7 @@ def _utf8(value: str) -> str:
 
 
 Text = Annotated[StrictStr, AfterValidator(_utf8)]  # every string the server reads or echoes
+Stop = Annotated[Text, schema_says(minLength=1)]
 
 
 class APIError(Exception):
@@ -47,6 +79,19 @@ class APIError(Exception):
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorBody(BaseModel):
+    """The body of every error the server answers: OpenAI's shape (the published schema names it)."""
+
+    error: ErrorDetail
 
 
 class StreamOptions(BaseModel):
@@ -62,16 +107,16 @@ class _Common(BaseModel):
     temperature: Temperature = 1.0
     top_p: TopP = 1.0
     top_k: TopK | None = None  # extra: keep the K likeliest tokens; 0 or -1 = off
-    stop: Text | list[Text] | None = None
-    n: Annotated[StrictInt, Field(ge=1, le=MAX_N)] = 1
-    seed: StrictInt | None = None
+    stop: Stop | Annotated[list[Stop], schema_says(maxItems=MAX_STOPS)] | None = None
+    n: whole(ge=1, le=MAX_N) = 1
+    seed: whole(ge=-(2**63), le=MAX_SEED) | None = None
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     repetition_penalty: Annotated[float, Field(gt=0.0)] = 1.0  # extra (CTRL's penalty; 1 = off)
     ignore_eos: StrictBool = False  # extra: go on past <|endoftext|> (benchmarks)
-    frequency_penalty: float = 0.0  # not implemented: only 0
-    presence_penalty: float = 0.0
-    logit_bias: dict[str, float] | None = None
+    frequency_penalty: Zero = 0.0  # not implemented (repetition_penalty is)
+    presence_penalty: Zero = 0.0
+    logit_bias: Annotated[dict[str, float], schema_says(maxProperties=0)] | None = None  # not implemented
     user: Text | None = None
 
     @model_validator(mode="after")
@@ -100,11 +145,11 @@ class _Common(BaseModel):
 
 
 class CompletionRequest(_Common):
-    prompt: Text | list[Text]
+    prompt: Text | Annotated[list[Text], schema_says(minItems=1)]
     max_tokens: Tokens | None = 16  # OpenAI's default; null = the rest of the context
     echo: StrictBool = False
     logprobs: Literal[None] = None  # not implemented
-    best_of: StrictInt | None = None
+    best_of: whole() | None = None
     suffix: Literal[None] = None
 
     @model_validator(mode="after")
@@ -119,22 +164,31 @@ class CompletionRequest(_Common):
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 
 
+class TextPart(BaseModel):
+    """One part of a message's content: text is the only kind a language model of text reads."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text"]
+    text: Text
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    role: Text
-    content: Text | list[dict[str, Any]] | None = None
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Text | list[TextPart] | None = None
     name: Text | None = None
 
 
 class ChatRequest(_Common):
-    messages: list[ChatMessage]
+    messages: Annotated[list[ChatMessage], schema_says(minItems=1)]
     max_tokens: Tokens | None = None  # default: the rest of the context
     max_completion_tokens: Tokens | None = None  # OpenAI's newer name for max_tokens
     logprobs: Literal[None, False] = None
     top_logprobs: Literal[None] = None
-    tools: list | None = None
-    response_format: dict[str, Any] | None = None
+    tools: Annotated[list, schema_says(maxItems=0)] | None = None  # not implemented: none only
+    response_format: Annotated[dict[str, Any], schema_says(properties={"type": {"const": "text"}})] | None = None
 
     @model_validator(mode="after")
     def _check(self):
