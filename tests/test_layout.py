@@ -56,7 +56,7 @@ def test_packages_follow_the_pipeline_and_import_nothing_eagerly():
             body = [n for n in ast.parse(init.read_text(encoding="utf-8")).body if not isinstance(n, ast.Expr)]
             assert not body, f"{init.relative_to(ROOT)} should hold a docstring at most"
     flat = sorted(p.name for p in PACKAGE.glob("*.py"))
-    assert flat == ["__init__.py", "__main__.py", "choices.py", "demo.py", "errors.py"], flat
+    assert flat == ["__init__.py", "__main__.py", "choices.py", "demo.py", "errors.py", "progress.py"], flat
 
 
 def test_no_private_name_is_used_outside_its_module():

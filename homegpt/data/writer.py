@@ -14,7 +14,6 @@ chunks.DedupTable for how what was written after the last commit is dropped).
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -25,6 +24,7 @@ from homegpt.data.chunks import Chunk, DedupTable
 from homegpt.data.formats import Progress
 from homegpt.data.shards import SplitWriter, fsync_dir, write_json_atomic
 from homegpt.errors import UserError
+from homegpt.progress import progress_bar
 
 STATE_FILE = ".prepare-state.json"
 DEDUP_LOG = ".prepare-dedup.bin"
@@ -93,10 +93,7 @@ class OrderedWriter:
             show: bool) -> None:
         """Write (chunk, tokens, tokens per piece, bytes per piece) until they run out or max_tokens is reached,
         with a progress bar on stderr when `show`."""
-        from tqdm import tqdm
-
-        bar = tqdm(total=None, unit="B", unit_scale=True, unit_divisor=1024, desc="prepare", file=sys.stderr,
-                   disable=not show, dynamic_ncols=True)
+        bar = progress_bar(unit="B", unit_scale=True, unit_divisor=1024, desc="prepare", disable=not show)
         t0 = time.perf_counter()
         try:
             for chunk, tokens, counts, nbytes in encoded:

@@ -18,10 +18,10 @@ vocabularies.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from homegpt.errors import UserError
+from homegpt.progress import progress_bar
 
 
 def evaluate_run(run_dir: str | Path, source: str | None = None, batch_size: int = 8, device: str = "auto",
@@ -107,12 +107,9 @@ def run_manifest(run) -> dict | None:
 
 
 def _score(run, spec: str, scope: str, definition: str, seed: int, batch_size: int, progress: bool) -> dict:
-    from tqdm import tqdm
-
     from homegpt.eval.textscore import score_source
 
-    bar = tqdm(unit="tok", unit_scale=True, desc="eval", disable=None if progress else True, file=sys.stderr,
-               dynamic_ncols=True)
+    bar = progress_bar(unit="tok", unit_scale=True, desc="eval", disable=None if progress else True)
 
     def advance(tally) -> None:
         bar.update(tally.tokens - bar.n)

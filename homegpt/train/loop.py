@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from homegpt.model.gpt import GPT, count_params, flops_per_token
+from homegpt.progress import progress_bar
 from homegpt.rundir.checkpoint import unwrap
 from homegpt.runtime.device import autocast_for, pick_device, tune_cpu_allocator
 from homegpt.runtime.distributed import agree
@@ -58,8 +58,8 @@ def train(
     # --- setup: devices, config, run directory, model, optimizer, data; a resumed run's state (session.py)
     s = open_session(cfg, Path(out_dir), resume, force, log or (lambda msg: print(msg, file=sys.stderr)))
     cfg = s.cfg  # resolved
-    bar = tqdm(total=s.total_steps, initial=s.step, disable=not (progress and s.main_rank), file=sys.stderr,
-               unit="step", dynamic_ncols=True)
+    bar = progress_bar(total=s.total_steps, initial=s.step, disable=not (progress and s.main_rank), unit="step",
+                       desc="train")
     steps_this_call, bad_steps, final = 0, BadSteps(cfg.lr, s.log, s.main_rank), None
     s.model.train()
     with _Preemption() as preempt:

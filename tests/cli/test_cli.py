@@ -1,6 +1,8 @@
 """The command line end to end, and every kind of bad input: one line, exit code 2, nothing damaged."""
 
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -186,3 +188,28 @@ def test_help_says_every_config_key_is_a_flag(command, capsys):
         main([command, "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "Every config key is also a flag" in text and "--n-layer 6" in text and "docs/training.md" in text
+
+
+def test_progress_written_to_a_file_is_a_few_plain_lines(data_dir, source, tokenizer_dir, tmp_path):
+    """`homegpt train ... 2> train.log`: no carriage-return bar updates, one line per interval, per evaluation
+    and at the end (here the interval is 1 s, the default 30 s)."""
+    config = tmp_path / "tiny.toml"
+    config.write_text(f'data_dir = "{data_dir}"\npreset = "cpu-tiny"\nmax_steps = 60\nbatch_tokens = 256\n'
+                      f'micro_batch = 4\neval_interval = 30\neval_tokens = 256\nsample_tokens = 0\n')
+    env = dict(os.environ, HOMEGPT_LOG_SECONDS="1")
+    log = tmp_path / "train.log"
+    with log.open("w") as f:
+        r = subprocess.run([sys.executable, "-m", "homegpt", "train", str(config), "--out", str(tmp_path / "run")],
+                           stdout=subprocess.DEVNULL, stderr=f, env=env, timeout=300)
+    text = log.read_text()
+    assert r.returncode == 0, text
+    lines = text.splitlines()
+    assert "\r" not in text and len(lines) < 40, text  # tqdm would have written 60 updates
+    assert sum(line.startswith("step ") for line in lines) == 2  # the line of each evaluation
+    assert re.search(r"^train: step 60/60 \(100%\) \| loss \S+, tok_s \S+, mfu \S+ \| [\d.]+ step/s, ", text, re.M)
+    with log.open("w") as f:
+        r = subprocess.run([sys.executable, "-m", "homegpt", "prepare", "--data", source, "--tokenizer",
+                            str(tokenizer_dir), "--out", str(tmp_path / "data")], stdout=subprocess.DEVNULL,
+                           stderr=f, env=env, timeout=300)
+    text = log.read_text()
+    assert r.returncode == 0 and "\r" not in text and re.search(r"^prepare: .* tok/s", text, re.M), text
