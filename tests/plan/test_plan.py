@@ -305,3 +305,21 @@ def test_fit_without_an_optimum_says_so_and_writes_no_law(tmp_path, capsys):
     r = run_json(capsys, "fit", str(results), "--out", str(tmp_path / "law.json"))
     assert r["alpha"] <= 0 and r["n_exponent"] is None and r["tokens_per_param"] is None
     assert any("must be positive" in w for w in r["warnings"]) and not (tmp_path / "law.json").exists()
+
+
+def test_the_parameter_counts_the_docs_state():
+    """Every count the README and docs/planning.md give is what the model builds (and what plan picks)."""
+    root = Path(__file__).parents[2]
+    docs = " ".join(" ".join((root / f).read_text(encoding="utf-8") for f in ("README.md", "docs/planning.md")).split())
+
+    def count(n_layer: int, n_embd: int, **arch) -> str:
+        cfg = GPTConfig(n_layer=n_layer, n_head=n_embd // 64, n_embd=n_embd, vocab_size=50304, block_size=1024, **arch)
+        return f"{count_params(cfg)['total']:,}"
+
+    for shape, arch in [((8, 512), dict(arch="gpt2")), ((8, 512), {}), ((8, 512), dict(tie_embeddings=True)),
+                        ((6, 512), dict(arch="gpt2")), ((6, 512), {}), ((6, 512), dict(tie_embeddings=True))]:
+        assert count(*shape, **arch) in docs, (shape, arch, count(*shape, **arch))
+    for arch, shape in [("modern", "5 layers × 384"), ("gpt2", "7 layers × 512")]:
+        r = plan(flops=3.2e17, law="hoffmann-rounded", arch=arch)
+        m = r["model"]
+        assert f"{m['n_layer']} layers × {m['n_embd']}" == shape and f"{m['params']:,}" in docs, (arch, m)
