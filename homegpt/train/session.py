@@ -171,6 +171,10 @@ def open_session(cfg: TrainConfig, out: Path, resume: bool, force: bool, log) ->
                 micro=micro, eval_batch=max(micro, 8),  # no gradients to hold: evaluation can batch wider
                 batch_tokens=accum * tokens_per_micro * world, total_steps=cfg.total_steps())
 
+    if main_rank and cfg.warmup_steps >= s.total_steps and cfg.max_seconds <= 0:
+        log(f"warning: warmup_steps = {cfg.warmup_steps} is not shorter than the run's {s.total_steps} steps: the "
+            f"learning rate never decays to min_lr_ratio (give fewer --warmup-steps)")
+
     # --- a resumed run's state, or a new run's files
     if ckpt is not None:
         resume_state(s, ckpt)
@@ -265,10 +269,14 @@ def resume_state(s: Session, ckpt: tuple[dict, dict, dict, dict]) -> None:
     s.wall_before = state.get("wall_s", s.elapsed_before)
     if s.cfg.max_seconds > 0:  # a time-budgeted run keeps the length it had planned
         s.total_steps = int(state.get("total_steps", s.total_steps))
+    if s.step > s.total_steps:  # before anything is written: the run stays as it was
+        raise UserError(f"{s.out} is already at step {s.step:,}, past the {s.total_steps:,} steps asked for: give "
+                        f"--max-steps (or --max-tokens) beyond step {s.step:,} to train it further")
     if s.main_rank:
         (s.out / "config.toml").write_text(dump_toml(s.cfg.to_dict()), encoding="utf-8")  # overrides now apply
         truncate_metrics(s.out / "metrics.csv", s.step)  # rows past the checkpoint are being redone
-        s.log(f"resuming {s.out} from step {s.step}")
+        s.log(f"resuming {s.out} from step {s.step}" + (": it is finished, nothing left to train"
+                                                        if s.step == s.total_steps else ""))
 
 
 def save_state(s: Session, step_val: float | None, budget: TimeBudget) -> None:

@@ -74,6 +74,27 @@ def test_refuses_to_mix_runs(data_dir, trained_run, tmp_path):
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
 
 
+def test_resuming_past_max_steps_is_refused_and_a_finished_run_says_so(data_dir, trained_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run[0], run)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    with pytest.raises(UserError, match=r"already at step 6, past the 4 steps asked for: give --max-steps"):
+        train(tiny_config(data_dir, max_steps=4), run, resume=True, **QUIET)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # nothing rewritten
+    said = []
+    train(tiny_config(data_dir), run, resume=True, progress=False, log=said.append)
+    assert any("it is finished, nothing left to train" in m for m in said), said
+
+
+def test_a_warmup_as_long_as_the_run_is_warned_about(data_dir, tmp_path):
+    said = []
+    train(tiny_config(data_dir, max_steps=3, warmup_steps=5, eval_interval=3), tmp_path / "run", progress=False,
+          log=said.append)
+    assert any(m.startswith("warning: warmup_steps = 5 is not shorter than the run's 3 steps") for m in said), said
+
+
 def test_corrupted_checkpoint_is_a_user_error(data_dir, tmp_path):
     run = tmp_path / "r"
     train(tiny_config(data_dir, max_steps=3, sample_tokens=0), run, **QUIET)
