@@ -72,7 +72,8 @@ def _held_out_split(run, spec: str, batch_size: int, progress: bool) -> dict:
                         f"score text")
     if manifest is None:  # the prepared data is gone: the same documents, packed as prepare packed them
         result = _score(run, spec, "held-out", "stream", 0, batch_size, progress)
-        result["where"] = f"the held-out documents of {spec}, re-encoded (no prepared data at {run.data_dir})"
+        gone = f"no prepared data at {run.data_dir}" if run.data_dir else "the run records no prepared data"
+        result["where"] = f"the held-out documents of {spec}, re-encoded ({gone})"
         return result
     check_split(run.data_dir, "val", manifest)
     if is_packed(manifest):  # an SFT run: its held-out conversations, scored on the assistant's tokens

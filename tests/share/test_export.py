@@ -306,6 +306,15 @@ def test_export_then_import_gives_identical_weights(which, request, tmp_path):
     assert b.step == a.step and b.info["tokenizer_sha256"] == a.info["tokenizer_sha256"]
     assert json.loads((tmp_path / "back" / "eval.json").read_text())["val_loss"] == pytest.approx(
         json.loads((run_dir / "eval.json").read_text())["val_loss"])
+    from homegpt.eval.evaluate import evaluate_run
+
+    back = json.loads((tmp_path / "back" / "run.json").read_text())
+    assert back["data_dir"] == ""  # an export carries no local paths
+    # The source as a public one (builtin, hf:) would read: the original corpus, in place of its short name.
+    (tmp_path / "back" / "run.json").write_text(json.dumps(dict(back, data_source=a.info["data_source"])))
+    where = evaluate_run(tmp_path / "back", device="cpu")["where"]
+    assert where.endswith("re-encoded (the run records no prepared data)"), where
+    (tmp_path / "back" / "run.json").write_text(json.dumps(back))
     again = export_run(tmp_path / "back", tmp_path / "again", samples=[])  # and out again, unchanged
     assert json.loads((tmp_path / "again" / "config.json").read_text()) == json.loads((out / "config.json").read_text())
     x, y = load_file(str(out / "model.safetensors")), load_file(str(tmp_path / "again" / "model.safetensors"))
