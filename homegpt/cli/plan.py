@@ -210,7 +210,7 @@ def plan_table(r: dict) -> list[str]:
 def cmd_fit(args) -> int:
     import numpy as np
 
-    from homegpt.plan.fit import bootstrap, fit_approach2, fit_approach3, read_results
+    from homegpt.plan.fit import bootstrap, fit_approach2, fit_approach3, implausible, read_results
     from homegpt.plan.plots import plot_fit
     runs = read_results(args.results).drop_highest(args.drop_highest)
     fit = fit_approach3(runs.params, runs.tokens, runs.loss)
@@ -222,7 +222,7 @@ def cmd_fit(args) -> int:
     law = fit.law(Path(args.results).stem, f"the runs in {Path(args.results).name} (their data and tokenizer)")
     # The closed-form optimum needs loss to fall with both N and D; a fit without that has no optimum.
     usable = fit.alpha > 0 and fit.beta > 0 and fit.A > 0 and fit.B > 0
-    warnings = [] if usable else [
+    warnings = implausible(fit) if usable else [
         f"alpha = {fit.alpha:.3g}, beta = {fit.beta:.3g}: both must be positive for a compute-optimal "
         f"allocation, so these runs do not pin one down (at fixed compute the loss keeps falling towards one "
         f"end of the sizes tried): add sizes beyond that end, or larger budgets"]

@@ -300,6 +300,33 @@ class Fit:
         return Law(name, self.E, self.A, self.B, self.alpha, self.beta, "homegpt fit (Approach 3)", reference)
 
 
+# Published fits of this form: alpha 0.28-0.37, beta 0.28-0.37, A and B 400-2,100 (Hoffmann et al. 2022, Epoch
+# AI 2024, ../shared/reference/scaling.md). Far beyond them, a fit says more about too few runs than about scaling.
+PLAUSIBLE_EXPONENT = (0.05, 1.5)
+PLAUSIBLE_CONSTANT = 1e8
+WIDE_EXPONENT = 1.0  # a 95% interval this wide for alpha or beta
+
+
+def implausible(fit: Fit) -> list[str]:
+    """Warnings for a fit whose exponents or constants are far outside every published fit, or whose bootstrap
+    intervals are huge: its numbers should not be read as a scaling law."""
+    found = []
+    for name in ("alpha", "beta"):
+        value, (lo, hi) = getattr(fit, name), PLAUSIBLE_EXPONENT
+        if value > 0 and not lo <= value <= hi:
+            found.append(f"{name} = {value:.3g}, far from published fits (0.28 to 0.37)")
+        ci = fit.intervals.get(name)
+        if ci and ci["hi"] - ci["lo"] > WIDE_EXPONENT:
+            found.append(f"{name}'s 95% interval {ci['lo']:.3g} .. {ci['hi']:.3g} is wider than {WIDE_EXPONENT:g}")
+    for name in ("A", "B"):
+        if getattr(fit, name) > PLAUSIBLE_CONSTANT:
+            found.append(f"{name} = {getattr(fit, name):.3g}, far above published fits (400 to 2,100)")
+    if not found:
+        return []
+    return [f"{'; '.join(found)}: the runs are too few, or span too small a range of sizes and budgets, to pin "
+            f"the law down; read this fit as illustrative (add runs: more sizes per budget, budgets a decade apart)"]
+
+
 def _to_fit(x: np.ndarray, f: float, n: int, starts: int, seconds: float) -> Fit:
     a, b, e, al, be = (float(v) for v in x)
     return Fit(math.exp(e), math.exp(a), math.exp(b), al, be, float(f), n, starts, seconds)

@@ -197,3 +197,17 @@ def test_sweep_results_group_by_their_recorded_budget(tmp_path):
     assert r.budget is not None and len(np.unique(r.budget)) == 6
     a2 = fit_approach2(r.params, r.flops, r.loss, r.budget)
     assert a2["usable_budgets"] == 6 and a2["a"] == pytest.approx(TRUE.n_exponent, abs=0.03)
+
+
+def test_a_fit_far_from_every_published_one_is_flagged(tmp_path, capsys):
+    from homegpt.cli import main
+    from homegpt.plan.fit import implausible
+
+    n, d, c, loss = synthetic_runs(TRUE, noise=0.003)
+    assert implausible(fit_approach3(n, d, loss)) == []  # a law like the published ones: no warning
+    n, d, c, loss = synthetic_runs(Law("odd", 1.9, 2e39, 1200.0, 9.2, 0.38), noise=0.002)  # what a tiny sweep gave
+    results = tmp_path / "runs.csv"
+    results.write_text("params,tokens,loss\n" + "".join(f"{a},{b},{e}\n" for a, b, e in zip(n, d, loss, strict=True)))
+    assert main(["fit", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "warning: alpha = 9.2, far from published fits" in out and "A = 2.04e+39, far above" in out, out
