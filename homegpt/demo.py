@@ -22,7 +22,7 @@ from pathlib import Path
 from homegpt.data.prepare import prepare
 from homegpt.data.shards import read_manifest
 from homegpt.data.tokenizer import train_tokenizer
-from homegpt.errors import UserError
+from homegpt.errors import UserError, plural
 from homegpt.model.gpt import count_params
 from homegpt.train.config import TrainConfig
 
@@ -95,7 +95,8 @@ def run_demo(
     capped = tokens >= MAX_EPOCHS * train_tokens
     if not capped:  # by the clock: the trainer re-plans the steps from its real speed (the sizing step is noisy)
         cfg.max_seconds = budget_s()
-    log(f"      chose {cfg.n_layer} layers x {cfg.n_embd} wide ({choice['params']:,} parameters): ~{steps} steps x "
+    log(f"      chose {plural(cfg.n_layer, 'layer')} x {cfg.n_embd} wide ({choice['params']:,} parameters): "
+        f"~{steps} steps x "
         f"{cfg.batch_tokens} tokens = {steps * cfg.batch_tokens / train_tokens:.1f} epochs at "
         f"~{choice['tokens_per_s']:,.0f} tok/s on {choice['device']}"
         + ("" if capped else f"; the step count follows the clock ({cfg.max_seconds:.0f} s of training)"))

@@ -31,3 +31,8 @@ def check_text(text: str, what: str) -> str:
         raise UserError(f"{what} is not valid text: character {e.start} is {ascii(text[e.start])[1:-1]}, a byte "
                         f"that is not UTF-8 or half a surrogate pair: give UTF-8 text") from None
     return text
+
+
+def plural(n: int, word: str) -> str:
+    """'1 document', '3 documents' (with thousands separators): output never says '1 documents'."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from homegpt.cli.common import emit
 from homegpt.data.sources import add_source_flags, count_arg
-from homegpt.errors import UserError
+from homegpt.errors import UserError, plural
 
 
 def cmd_tokenizer(args) -> int:
@@ -15,8 +15,9 @@ def cmd_tokenizer(args) -> int:
     info = train_tokenizer(data, args.vocab_size, args.out, force=args.force, sample_bytes=args.sample_bytes,
                            sample_docs=args.sample_docs, seed=args.seed)
     lines = [f"wrote {info['path']}: {info['vocab_size']:,} tokens (model vocabulary {info['model_vocab_size']:,}), "
-             f"{info['bytes_per_token']:.3f} bytes/token on held-out text; trained on {info['sample_documents']:,} "
-             f"documents ({info['sample_bytes'] / 1e6:,.1f} MB) sampled from {info['scanned_bytes'] / 1e6:,.1f} MB"]
+             f"{info['bytes_per_token']:.3f} bytes/token on held-out text; trained on "
+             f"{plural(info['sample_documents'], 'document')} ({info['sample_bytes'] / 1e6:,.1f} MB) sampled from "
+             f"{info['scanned_bytes'] / 1e6:,.1f} MB"]
     emit(info, args.json, lines)
     return 0
 
@@ -45,9 +46,10 @@ def cmd_prepare(args) -> int:
         verify(args.out)
     s = m["splits"]
     n_shards = len(s["train"]["shards"])
-    lines = [f"wrote {args.out}: train {s['train']['tokens']:,} tokens ({s['train']['documents']:,} documents, "
-             f"{n_shards} shard{'s' if n_shards != 1 else ''}), val {s['val']['tokens']:,} tokens "
-             f"({s['val']['documents']:,} documents), {m['dtype']}; {m['duplicates_removed']:,} duplicates removed"]
+    train, val = s["train"], s["val"]
+    lines = [f"wrote {args.out}: train {train['tokens']:,} tokens ({plural(train['documents'], 'document')}, "
+             f"{plural(n_shards, 'shard')}), val {val['tokens']:,} tokens ({plural(val['documents'], 'document')}), "
+             f"{m['dtype']}; {plural(m['duplicates_removed'], 'duplicate')} removed"]
     emit(dict(m, seconds=round(seconds, 2)), args.json, lines)
     return 0
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from homegpt.cli.common import emit
 from homegpt.data.sources import add_source_flags, source_spec
-from homegpt.errors import UserError
+from homegpt.errors import UserError, plural
 
 
 def register(sub) -> None:
@@ -115,7 +115,10 @@ def _plan_inputs(args) -> tuple[dict, list[str]]:
         if value is not None and not value > 0:
             raise UserError(f"{flag} must be positive, got {value:g}")
     spec = data_arg(args)
-    if spec is None and args.data_dir and (Path(args.data_dir) / "manifest.json").is_file():
+    if args.data_dir and not (Path(args.data_dir) / "manifest.json").is_file():
+        what = "holds no prepared data" if Path(args.data_dir).is_dir() else "does not exist"
+        notes.append(f"--data-dir {args.data_dir} {what} yet: homegpt prepare --out {args.data_dir} before training")
+    elif spec is None and args.data_dir:
         spec = args.data_dir
     if spec is not None:
         info = count_data(spec, args.tokenizer, bpt or DEFAULT_BYTES_PER_TOKEN)
@@ -174,7 +177,8 @@ def plan_table(r: dict) -> list[str]:
         ("compute", f"{r['flops']:.3g} FLOPs as 6ND; {r['hardware_flops']:.3g} with attention and the head"),
         ("compute-optimal", f"N = {_si(r['n_opt'])} parameters, D = {_si(r['d_opt'])} tokens "
                             f"({r['tokens_per_param']:.1f} tokens/parameter)"),
-        ("model", f"{m['arch']}: {m['n_layer']} layers x {m['n_embd']} wide, {m['n_head']} heads of "
+        ("model", f"{m['arch']}: {plural(m['n_layer'], 'layer')} x {m['n_embd']} wide, "
+                  f"{plural(m['n_head'], 'head')} of "
                   f"{m['n_embd'] // m['n_head']}, context {m['block_size']}, "
                   f"vocabulary {m['vocab_size']:,} = {m['params']:,} parameters"),
         ("training", f"{r['train_tokens']:,} tokens = {r['steps']:,} steps of {r['batch_tokens']:,} tokens "

@@ -163,7 +163,8 @@ def register(sub) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--num-samples", type=int, default=1)
     s.add_argument("--batch-size", type=int, default=16, help="rows per batch when sampling many prompts")
-    s.add_argument("--interactive", action="store_true", help="read prompts from stdin, one per line, until EOF")
+    s.add_argument("--interactive", action="store_true",
+                   help="read prompts from stdin, one per line, until EOF (line k samples with seed --seed + k)")
     s.add_argument("--chat", action="store_true", help="a chat that keeps the conversation: one message per stdin "
                    "line, in the run's chat template (homegpt sft writes one)")
     s.add_argument("--system", help="--chat: a system message to start the conversation with")

@@ -323,3 +323,12 @@ def test_the_parameter_counts_the_docs_state():
         r = plan(flops=3.2e17, law="hoffmann-rounded", arch=arch)
         m = r["model"]
         assert f"{m['n_layer']} layers × {m['n_embd']}" == shape and f"{m['params']:,}" in docs, (arch, m)
+
+
+def test_plan_says_when_its_data_dir_is_not_prepared_yet_and_counts_in_words(tmp_path, capsys):
+    from homegpt.errors import plural
+
+    assert main(["plan", "--flops", "1e18", "--data-dir", str(tmp_path / "later"), "--json"]) == 0
+    notes = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["notes"]
+    assert any(f"--data-dir {tmp_path / 'later'} does not exist yet: homegpt prepare" in n for n in notes), notes
+    assert (plural(1, "head"), plural(2, "head"), plural(1234, "document")) == ("1 head", "2 heads", "1,234 documents")
