@@ -28,7 +28,12 @@ from homegpt.train.config import TrainConfig
 
 DEMO_PROMPTS = ("In the beginning", "The king said", "Love is")
 DEMO_VOCAB = 2048
-OVERHEAD_S = 10.0  # final evaluation, samples and the plot, after training (measured: ~3 s quiet)
+OVERHEAD_S = 10.0  # samples and the plot, after training (measured: ~3 s quiet; the final evaluation is budgeted
+# by the trainer)
+# Beyond what 2 cores can train on in the budget (~25,000 tokens/s x 280 s = 7M tokens), more text only costs
+# time: the tokenizer learns from at most TOKENIZER_BYTES of it, the shards hold at most MAX_TOKENS.
+TOKENIZER_BYTES = 16 << 20
+MAX_TOKENS = 16_000_000
 EVAL_SHARE = 0.08  # periodic evaluations take about this share of the training time
 MIN_TOKENS_PER_PARAM = 2.0
 MAX_EPOCHS = 10.0
@@ -64,24 +69,38 @@ def run_demo(
     device: str = "auto",
     log=None,
     progress: bool = True,
+    started: float | None = None,
 ) -> dict:
-    """Run the pipeline into out_dir (tokenizer/, data/, run/) within about `seconds` of wall time."""
+    """Run the pipeline into out_dir (tokenizer/, data/, run/) within about `seconds` of wall time, counted from
+    `started` (a time.perf_counter() reading: the command's start, so loading torch counts too)."""
     from homegpt.generate.sample import sample_run
     from homegpt.train.loop import train
 
     log = log or (lambda m: print(m, file=sys.stderr))
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() if started is None else started
+    phases = {"startup": time.perf_counter() - t0}
+    mark = [time.perf_counter()]
+
+    def phase(name: str) -> None:  # the seconds since the last phase, under `name`
+        now = time.perf_counter()
+        phases[name], mark[0] = round(phases.get(name, 0.0) + now - mark[0], 2), now
+
     out = Path(out_dir)
     if (out / "run" / "run.json").exists() and not force:
         raise UserError(f"{out} already holds a demo run: choose another --out or pass --force")
     log(f"[1/5] tokenizer: byte-level BPE, {DEMO_VOCAB} tokens, trained on {source}")
-    tok_info = train_tokenizer(source, DEMO_VOCAB, out / "tokenizer", force=True)
+    tok_info = train_tokenizer(source, DEMO_VOCAB, out / "tokenizer", force=True, sample_bytes=TOKENIZER_BYTES)
     log(f"      {tok_info['bytes_per_token']:.2f} bytes/token on held-out text")
+    phase("tokenizer")
     log("[2/5] prepare: encoding documents into token shards")
-    prepare(source, out / "tokenizer", out / "data", force=True)
+    prepare(source, out / "tokenizer", out / "data", force=True, max_tokens=MAX_TOKENS)
     manifest = read_manifest(out / "data")
     train_tokens = manifest["splits"]["train"]["tokens"]
     log(f"      {train_tokens:,} training tokens, {manifest['splits']['val']['tokens']:,} held-out")
+    if manifest.get("stopped_at_max_tokens"):
+        log(f"      (the text holds more than the demo can train on in {seconds:.0f} s: it takes the first "
+            f"{MAX_TOKENS:,} tokens; homegpt prepare and train use all of it)")
+    phase("prepare")
 
     cfg = demo_config(out / "data")
     cfg.device = device
@@ -100,7 +119,9 @@ def run_demo(
         f"{cfg.batch_tokens} tokens = {steps * cfg.batch_tokens / train_tokens:.1f} epochs at "
         f"~{choice['tokens_per_s']:,.0f} tok/s on {choice['device']}"
         + ("" if capped else f"; the step count follows the clock ({cfg.max_seconds:.0f} s of training)"))
+    phase("sizing")
     result = train(cfg, out / "run", force=True, progress=progress, log=log)
+    phase("train")
     log(f"[4/5] held-out: loss {result['val_loss']:.4f} nats/token, perplexity {result['val_perplexity']:.2f}, "
         f"{result['val_bpb']:.3f} bits/byte")
     log("[5/5] samples:")
@@ -110,7 +131,9 @@ def run_demo(
         text = sample_run(out / "run", prompt, max_new_tokens=60, temperature=0.8, top_k=40, seed=i, device=device)[0]
         samples[prompt] = text
         log(f"  > {prompt}{text}")
+    phase("samples")
     result.update(
+        phases=phases,
         seconds=round(time.perf_counter() - t0, 1),
         tokenizer_bytes_per_token=round(tok_info["bytes_per_token"], 4),
         samples=samples,

@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Iterator
 
+STARTED = time.perf_counter()  # when the command began (before torch loads): `homegpt demo` budgets from here
 STEP_HELP = "checkpoint: latest (default), best (lowest held-out loss) or a step number"
 CONFIG_FLAGS_HELP = ("Every config key is also a flag, after the arguments above: --lr 1e-3, --n-layer 6, "
                      "--max-steps 200 (or --key=value; dashes or underscores; a flag that is no key is refused, "

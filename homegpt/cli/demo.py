@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from homegpt.cli.common import emit
+from homegpt.cli.common import STARTED, emit
 from homegpt.data.sources import add_source_flags
 
 
@@ -12,7 +12,7 @@ def cmd_demo(args) -> int:
 
     data = source_spec(args.data, args.hf_config, args.split, args.text_column, args.revision)
     result = run_demo(data, args.out, seconds=args.seconds, force=args.force, device=args.device,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, started=STARTED)
     lines = [
         f"run directory: {result['run_dir']}",
         f"held-out loss {result['val_loss']:.4f} nats/token | perplexity {result['val_perplexity']:.2f} | "

@@ -64,7 +64,7 @@ def train(
     s.model.train()
     with _Preemption() as preempt:
         t_last = time.perf_counter()
-        budget = TimeBudget(cfg, s.wall_before)
+        budget = TimeBudget(cfg, s.wall_before, final_evals=len(s.val_tokens) / max(1, cfg.eval_tokens))
         while s.step < s.total_steps:
             # --- a time budget re-plans the run's length from the speed measured so far
             if cfg.max_seconds > 0:
