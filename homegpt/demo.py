@@ -88,19 +88,8 @@ def run_demo(
     out = Path(out_dir)
     if (out / "run" / "run.json").exists() and not force:
         raise UserError(f"{out} already holds a demo run: choose another --out or pass --force")
-    log(f"[1/5] tokenizer: byte-level BPE, {DEMO_VOCAB} tokens, trained on {source}")
-    tok_info = train_tokenizer(source, DEMO_VOCAB, out / "tokenizer", force=True, sample_bytes=TOKENIZER_BYTES)
-    log(f"      {tok_info['bytes_per_token']:.2f} bytes/token on held-out text")
-    phase("tokenizer")
-    log("[2/5] prepare: encoding documents into token shards")
-    prepare(source, out / "tokenizer", out / "data", force=True, max_tokens=MAX_TOKENS)
-    manifest = read_manifest(out / "data")
+    tok_info, manifest = demo_data(source, out, seconds, log, phase)
     train_tokens = manifest["splits"]["train"]["tokens"]
-    log(f"      {train_tokens:,} training tokens, {manifest['splits']['val']['tokens']:,} held-out")
-    if manifest.get("stopped_at_max_tokens"):
-        log(f"      (the text holds more than the demo can train on in {seconds:.0f} s: it takes the first "
-            f"{MAX_TOKENS:,} tokens; homegpt prepare and train use all of it)")
-    phase("prepare")
 
     cfg = demo_config(out / "data")
     cfg.device = device
@@ -140,6 +129,25 @@ def run_demo(
         source=source,
     )
     return result
+
+
+def demo_data(source: str, out: Path, seconds: float, log, phase: Callable[[str], None]) -> tuple[dict, dict]:
+    """Steps 1 and 2: the tokenizer and the shards (bounded: more text than the budget can train on only costs
+    time); (the tokenizer's report, the manifest)."""
+    log(f"[1/5] tokenizer: byte-level BPE, {DEMO_VOCAB} tokens, trained on {source}")
+    tok_info = train_tokenizer(source, DEMO_VOCAB, out / "tokenizer", force=True, sample_bytes=TOKENIZER_BYTES)
+    log(f"      {tok_info['bytes_per_token']:.2f} bytes/token on held-out text")
+    phase("tokenizer")
+    log("[2/5] prepare: encoding documents into token shards")
+    prepare(source, out / "tokenizer", out / "data", force=True, max_tokens=MAX_TOKENS)
+    manifest = read_manifest(out / "data")
+    splits = manifest["splits"]
+    log(f"      {splits['train']['tokens']:,} training tokens, {splits['val']['tokens']:,} held-out")
+    if manifest.get("stopped_at_max_tokens"):
+        log(f"      (the text holds more than the demo can train on in {seconds:.0f} s: the shards end with the "
+            f"document that passes {MAX_TOKENS:,} training tokens; homegpt prepare and train use all of it)")
+    phase("prepare")
+    return tok_info, manifest
 
 
 def choose_shape(base: TrainConfig, vocab: int, unique_tokens: int, budget_s: Callable[[], float],

@@ -23,10 +23,23 @@ def test_demo_on_a_user_text_file(tmp_path, capsys, corpus_dir):
         assert (run / name).is_file()
     assert list((run / "checkpoints").glob("step-*/model.safetensors"))
     assert "[5/5] samples" in err and "chose" in err
+    assert set(result["phases"]) == {"startup", "tokenizer", "prepare", "sizing", "train", "samples"}
+    assert result["seconds"] >= sum(result["phases"].values()) - 0.5  # counted from the command's start
     # a second demo into the same folder is refused without --force, and the run is untouched
     before = (run / "eval.json").read_bytes()
     assert main(["demo", "--data", f"file:{tmp_path / 'book.txt'}", "--out", str(tmp_path / "demo")]) == 2
     assert (run / "eval.json").read_bytes() == before
+
+
+def test_more_text_than_the_budget_can_use_is_cut_and_said(tmp_path, source, monkeypatch):
+    from homegpt.demo import demo_data
+
+    monkeypatch.setattr("homegpt.demo.MAX_TOKENS", 20_000)  # 40 chapters: "more than the budget can train on"
+    said, phases = [], []
+    _, manifest = demo_data(source, tmp_path, 280.0, said.append, phases.append)
+    assert manifest["stopped_at_max_tokens"] and 20_000 <= manifest["splits"]["train"]["tokens"] < 40_000
+    assert any("the shards end with the document that passes 20,000 training tokens" in m for m in said), said
+    assert phases == ["tokenizer", "prepare"]
 
 
 def test_more_data_picks_a_bigger_model(tmp_path):
