@@ -29,7 +29,6 @@ from homegpt.errors import UserError, check_text
 
 MAX_N = 16
 MAX_STOPS = 4
-
 MAX_SEED = 2**63 - 1 - MAX_N  # seed + choice must stay a 64-bit seed
 
 
@@ -47,6 +46,7 @@ Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 TopK = whole(ge=-1)
 Tokens = whole(ge=1)
+
 
 def schema_says(**constraints) -> Any:
     """A constraint the published schema states while the validators below check it, with a message that says
