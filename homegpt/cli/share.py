@@ -103,11 +103,27 @@ def _card_options(args) -> dict:
 
 
 def cmd_export(args) -> int:
+    if args.format == "gguf":
+        return _export_gguf(args)
+    if args.quant is not None:
+        raise UserError("--quant goes with --format gguf (a transformers export is always fp32)")
     from homegpt.share.export import export_run
 
     r = export_run(args.run, args.out_dir, force=args.force, step=args.step, card_options=_card_options(args))
     emit(r, args.json, [f"wrote {r['out_dir']}: {r['architecture']}, {r['params']:,} parameters, step {r['step']}, "
                         f"{len(r['files'])} files ({', '.join(r['files'])})"])
+    return 0
+
+
+def _export_gguf(args) -> int:
+    from homegpt.share.gguf import DEFAULT_QUANT, export_gguf
+
+    r = export_gguf(args.run, args.out_dir, quant=args.quant or DEFAULT_QUANT, force=args.force, step=args.step,
+                    name=args.name)
+    emit(r, args.json, [f"wrote {r['gguf']} ({r['architecture']}, {r['quant']}, {r['params']:,} parameters, step "
+                        f"{r['step']}, {r['bytes']:,} bytes) and {r['modelfile']}",
+                        f"llama.cpp: llama-cli -m {r['gguf']}   Ollama: cd {r['out_dir']} && ollama create NAME -f "
+                        f"Modelfile && ollama run NAME"])
     return 0
 
 
@@ -125,7 +141,7 @@ def cmd_push(args) -> int:
     from homegpt.share.hub import push_run
 
     r = push_run(args.run, args.repo_id, private=args.private, dry_run=args.dry_run, step=args.step,
-                 card_options=_card_options(args))
+                 card_options=_card_options(args), gguf=args.gguf)
     if args.json:
         emit(r, True, [])
         return 0
@@ -173,9 +189,15 @@ def register(sub) -> None:
     s.add_argument("--json", action="store_true", help="JSON output (one object per prompt with --interactive)")
     s.set_defaults(func=cmd_sample)
 
-    e = sub.add_parser("export", help="write a run as a Hugging Face transformers folder with a model card")
+    e = sub.add_parser("export", help="write a run as a Hugging Face transformers folder with a model card, or "
+                       "as one GGUF file for llama.cpp, Ollama and LM Studio")
     e.add_argument("run")
     e.add_argument("out_dir")
+    e.add_argument("--format", choices=("transformers", "gguf"), default="transformers",
+                   help="transformers (default): config, safetensors, tokenizer, card; gguf: one .gguf file and an "
+                   "Ollama Modelfile (modern SwiGLU runs as qwen3, GPT-2 runs as gpt2)")
+    e.add_argument("--quant", default=None, help="--format gguf: the matrices' type, f32, f16 (default), bf16 or "
+                   "q8_0 (norms stay f32)")
     e.add_argument("--force", action="store_true", help="replace an export already in OUT_DIR")
     _add_card_flags(e)
     e.set_defaults(func=cmd_export)
@@ -192,5 +214,8 @@ def register(sub) -> None:
     p.add_argument("repo_id", help="OWNER/NAME on the Hub")
     p.add_argument("--private", action="store_true")
     p.add_argument("--dry-run", action="store_true", help="list what would be uploaded; no network, no token")
+    p.add_argument("--gguf", nargs="?", const="f16", default=None, metavar="QUANT",
+                   help="also upload the model as one GGUF file (f32, f16 = the default, bf16 or q8_0) with an "
+                   "Ollama Modelfile, for llama.cpp, Ollama and LM Studio")
     _add_card_flags(p)
     p.set_defaults(func=cmd_push)

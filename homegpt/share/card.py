@@ -116,22 +116,64 @@ def architecture(cfg: GPTConfig) -> str:
             f"output head {head}")
 
 
-LLAMA_CPP_TOKENIZER = ("; llama.cpp's convert_hf_to_gguf.py does not know this newly trained tokenizer's hash: "
-                       "register it as the `gpt-2` pre-tokenizer, which is how it splits text")
+LLAMA_CPP_TOKENIZER = ("; llama.cpp's convert_hf_to_gguf.py does not know a newly trained tokenizer (it "
+                       "recognises tokenizers by a hash of their ids): `homegpt export RUN OUT --format gguf` writes "
+                       "the GGUF directly")
 
 
 def runtimes(cfg: GPTConfig) -> str:
     """Which runtimes load the export and compute what homegpt computes; said plainly where one would not."""
     if cfg.arch == "gpt2":
-        return ("transformers (checked: its logits equal homegpt's); a standard GPT-2 checkpoint otherwise, the "
-                f"format vLLM and llama.cpp load (not checked by homegpt){LLAMA_CPP_TOKENIZER}")
+        return ("transformers (checked: its logits equal homegpt's); llama.cpp, Ollama and LM Studio from its GGUF "
+                "(llama.cpp checked: the same greedy text; Ollama and LM Studio not run by homegpt); a standard "
+                f"GPT-2 checkpoint otherwise, the format vLLM loads (not checked by homegpt){LLAMA_CPP_TOKENIZER}")
     if cfg.mlp == "swiglu":
-        return ("transformers (checked: its logits equal homegpt's); a plain Qwen3 (SiLU-gated MLP, QK-norm, no "
-                "grouped-query attention, no rope scaling) otherwise, which vLLM and llama.cpp run (not checked by "
-                f"homegpt){LLAMA_CPP_TOKENIZER}")
+        return ("transformers (checked: its logits equal homegpt's); llama.cpp, Ollama and LM Studio from its GGUF "
+                "(llama.cpp checked: the same ids, logits and greedy text; Ollama and LM Studio not run by "
+                "homegpt); a plain Qwen3 (SiLU-gated MLP, QK-norm, no grouped-query attention, no rope scaling) "
+                f"otherwise, which vLLM runs (not checked by homegpt){LLAMA_CPP_TOKENIZER}")
     return ("transformers only (checked: its logits equal homegpt's). vLLM's Qwen3 refuses any activation but "
             "silu, and llama.cpp's Qwen3 assumes a SiLU-gated MLP: it would load this model and compute the wrong "
-            "thing, with no error. A model trained with mlp = \"swiglu\" exports as a plain Qwen3 that both run")
+            "thing, with no error, so homegpt writes no GGUF of it. A model trained with mlp = \"swiglu\" (the "
+            "default) exports as a plain Qwen3 that both run")
+
+
+def _runtimes_section(cfg: GPTConfig, where: str, gguf_file: str | None, chat: bool) -> str:
+    """The card's commands for llama.cpp, Ollama and LM Studio: from the GGUF file in the repository (and
+    straight from the Hub, when it is on the Hub), or how to make one."""
+    head = "\n## Run it in llama.cpp / Ollama / LM Studio\n\n"
+    if cfg.arch == "modern" and cfg.mlp != "swiglu":
+        return head + ("Not possible for this model: no llama.cpp architecture computes its ReLU² MLP together with "
+                       "QK-norm (see \"runtimes\" above). Train with mlp = \"swiglu\", the default, for one that runs "
+                       "there.\n")
+    if gguf_file:
+        intro = f"`{gguf_file}` here is this model as one GGUF file, with a `Modelfile` for Ollama beside it."
+        local = gguf_file
+    else:
+        intro = ("Write the GGUF file from the homegpt run first: `homegpt export RUN OUT --format gguf` (one "
+                 "`.gguf` file and a `Modelfile` for Ollama in OUT).")
+        local = "OUT/NAME-F16.gguf"
+    prompt = "" if chat else ' -p "In the beginning" -n 50'
+    lines = [f"llama-cli -m {local}{prompt}", f"llama-server -m {local} --port 8080   # an OpenAI-compatible server",
+             "ollama create my-model -f Modelfile && ollama run my-model"]
+    on_hub = gguf_file and "/" in where and not where.startswith(("path/", "/", "."))
+    if on_hub:
+        tag = gguf_file.rsplit("-", 1)[-1].removesuffix(".gguf")
+        lines += [f"llama-cli -hf {where}:{tag}{prompt}   # from the Hub", f"ollama run hf.co/{where}:{tag}"]
+    body = "\n".join(lines)
+    kind = ("its chat template (ChatML) is in the file and in the Modelfile; answers end at `<|im_end|>`" if chat
+            else "a base model: it continues text")
+    return head + f"""{intro} Prompts start after `{EOT}` (the file sets `add_bos_token`), as homegpt's do;
+{kind}. The Modelfile carries homegpt's sampling defaults (temperature 0.8, top_k 50).
+
+```sh
+{body}
+```
+
+LM Studio opens the same `.gguf` file (`lms import {local}`). homegpt's tests run llama.cpp on this
+architecture (the same ids, logits and greedy text); the Ollama and LM Studio steps follow their docs and
+were not run by homegpt.
+"""
 
 
 def _parameters_text(cfg: GPTConfig) -> str:
@@ -220,6 +262,7 @@ def render_card(
     language: str = "en",
     hardware: str | None = None,
     cost_usd: float | None = None,
+    gguf_file: str | None = None,
 ) -> str:
     """README.md for an export of a run (info = run.json, ev = eval.json or None, train_cfg = config.toml)."""
     cfg = GPTConfig.from_dict(info["model"])
@@ -301,7 +344,8 @@ def render_card(
     if has_loss_curve:
         parts.append("![training and held-out loss against tokens trained](loss.png)\n")
     parts.append(_samples_section(samples))
-    parts.append(_usage_section(where, cfg) + (_chat_usage(where) if chat else ""))
+    parts.append(_usage_section(where, cfg) + (_chat_usage(where) if chat else "") +
+                 _runtimes_section(cfg, where, gguf_file, chat is not None))
     parts.append(_limitations(cfg, data_text, tokens, chat is not None))
     return "\n".join(parts)
 

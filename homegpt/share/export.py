@@ -27,6 +27,7 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -127,7 +128,8 @@ def read_train_config(run_dir: Path) -> dict:
         return {}
 
 
-def _prepare_out(out: Path, force: bool) -> None:
+def prepare_out(out: Path, force: bool) -> None:
+    """Refuse an OUT_DIR that is a file, or holds anything, unless force."""
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not force:
@@ -151,7 +153,7 @@ def export_run(
     from homegpt.share.card import render_card
 
     run_path, out = Path(run_dir), Path(out_dir)
-    _prepare_out(out, force)
+    prepare_out(out, force)
     run = load_run(run_path, device="cpu", step=step)
     cfg = run.model.config
     eot_id = run.tokenizer.token_to_id(EOT)
@@ -185,7 +187,7 @@ def export_run(
         (tmp / "README.md").write_text(card, encoding="utf-8")
         if (run_path / "loss.png").is_file():
             shutil.copyfile(run_path / "loss.png", tmp / "loss.png")
-        _move_into(tmp, out)
+        move_into(tmp, out, EXPORT_FILES)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     files = sorted(p.name for p in out.iterdir() if p.name in EXPORT_FILES)
@@ -293,10 +295,10 @@ def _write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _move_into(src: Path, out: Path) -> None:
-    """Put a finished export in place; with --force, files from an earlier export are replaced."""
+def move_into(src: Path, out: Path, stale: Iterable[str]) -> None:
+    """Put a finished export in place; with --force, files from an earlier export (the names in stale) go."""
     out.mkdir(parents=True, exist_ok=True)
-    for name in EXPORT_FILES:  # a stale loss.png or card must not survive from an earlier export
+    for name in stale:  # a stale loss.png or card must not survive from an earlier export
         (out / name).unlink(missing_ok=True)
     mode = 0o666 & ~_umask()  # mkstemp-style 0600 files would be unreadable to others after the move
     for f in src.iterdir():

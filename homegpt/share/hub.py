@@ -42,23 +42,39 @@ def push_run(
     step: int | str | None = None,
     card_options: dict | None = None,
     endpoint: str | None = None,
+    gguf: str | None = None,
 ) -> dict:
-    """Export run_dir and upload it to repo_id (created if missing); with dry_run only list the files."""
+    """Export run_dir and upload it to repo_id (created if missing); with dry_run only list the files.
+
+    gguf: also upload the model as one GGUF file of that tensor type (and its Ollama Modelfile), named after
+    the repository, which the card's llama.cpp / Ollama / LM Studio commands then use."""
+    from homegpt.model.gpt import GPTConfig
     from homegpt.rundir.info import read_run_info
     from homegpt.share.export import export_run
+    from homegpt.share.gguf import check_quant, export_gguf, gguf_name, gguf_refusal
 
     check_repo_id(repo_id)
-    read_run_info(run_dir)  # a missing run is reported before anything else
+    info = read_run_info(run_dir)  # a missing run is reported before anything else
+    if gguf is not None:
+        check_quant(gguf)
+        refusal = gguf_refusal(GPTConfig.from_dict(info["model"]))
+        if refusal:
+            raise UserError(f"--gguf: {refusal}")
     token = None
     if not dry_run:
         token = _token()
         if not token:
             raise UserError("not logged in to the Hugging Face Hub: run `hf auth login` or set HF_TOKEN "
                             "(a token with write access)")
-    options = dict(card_options or {}, repo_id=repo_id)
+    name = repo_id.split("/")[-1]
+    options = dict(card_options or {}, repo_id=repo_id, gguf_file=gguf_name(name, gguf) if gguf else None)
     with tempfile.TemporaryDirectory(prefix="homegpt-push-") as tmp:
         folder = Path(tmp) / "export"
         export_run(run_dir, folder, step=step, card_options=options)
+        if gguf is not None:
+            written = export_gguf(run_dir, Path(tmp) / "gguf", quant=gguf, step=step, name=name)
+            for key in ("gguf", "modelfile"):
+                Path(written[key]).replace(folder / Path(written[key]).name)
         files = sorted((p.name, p.stat().st_size) for p in folder.iterdir() if p.is_file())
         result = {
             "repo_id": repo_id,

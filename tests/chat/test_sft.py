@@ -200,3 +200,34 @@ def test_serve_answers_chat_with_the_template_and_stops_at_im_end(sft_run, tmp_p
         assert reply.usage.prompt_tokens == len(prompt_ids(run.tokenizer, messages))
     finally:
         server.stop()
+
+
+def test_the_gguf_chats_in_llama_cpp_and_stops_at_im_end(sft_run, tmp_path):
+    """llama-cpp-python's create_chat_completion renders the GGUF's own template (no chat_format given) to the
+    ids homegpt fine-tuned on, answers as homegpt does (greedy) and stops at <|im_end|>."""
+    import llama_cpp
+
+    from homegpt.share.gguf import GGUF_CHAT_TEMPLATE, export_gguf
+
+    run_dir, _ = sft_run
+    r = export_gguf(run_dir, tmp_path / "gguf", quant="f32")
+    modelfile = Path(r["modelfile"]).read_text()
+    assert 'PARAMETER stop "<|im_end|>"' in modelfile and "{{ range .Messages }}" in modelfile.replace("{{- ", "{{ ")
+    llm = llama_cpp.Llama(r["gguf"], n_ctx=256, n_threads=1, type_k=0, type_v=0, verbose=False)
+    try:
+        assert llm.metadata["tokenizer.chat_template"] == GGUF_CHAT_TEMPLATE
+        run = load_run(run_dir)
+        im_end = run.tokenizer.token_to_id(IM_END)
+        answered = 0
+        items = [c for c in task_conversations("test", 20, kinds=KINDS)
+                 if len(prompt_ids(run.tokenizer, c.prompt)) <= 48]  # room for 16 new tokens in 64
+        for item in items[:4]:
+            ours = greedy_answer(run, item.prompt)
+            reply = llm.create_chat_completion(item.prompt, max_tokens=16, temperature=0.0, top_k=1)["choices"][0]
+            text = run.tokenizer.decode([t for t in ours if t != im_end])
+            assert reply["message"]["content"] == text
+            assert reply["finish_reason"] == ("stop" if ours[-1] == im_end else "length")
+            answered += ours[-1] == im_end
+        assert answered >= 2  # the tuned model ends its turns, and llama.cpp stops there
+    finally:
+        llm.close()
