@@ -60,7 +60,7 @@ def export_trained(run_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported(trained_run, tmp_path_factory):
-    """The default recipe's model (modern: ReLU², tied head), trained a few steps, exported (Qwen3)."""
+    """The default recipe's model (modern: SwiGLU, untied head), trained a few steps, exported (Qwen3)."""
     return export_trained(trained_run[0], tmp_path_factory)
 
 
@@ -165,20 +165,21 @@ def test_modern_export_is_a_qwen3(exported):
     run_dir, out, info = exported
     cfg = json.loads((out / "config.json").read_text())
     model = GPTConfig.from_dict(json.loads((run_dir / "run.json").read_text())["model"])
-    assert model.arch == "modern" and model.mlp == "relu2" and not model.tie_embeddings  # the default recipe
+    assert model.arch == "modern" and model.mlp == "swiglu" and not model.tie_embeddings  # the default recipe
     assert cfg["architectures"] == ["Qwen3ForCausalLM"] == [info["architecture"]] and cfg["model_type"] == "qwen3"
     assert (cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["num_key_value_heads"],
             cfg["head_dim"], cfg["intermediate_size"], cfg["max_position_embeddings"], cfg["vocab_size"]) == (
         model.n_embd, model.n_layer, model.n_head, model.n_head, model.head_dim, model.mlp_hidden, model.block_size,
         model.vocab_size)
-    assert cfg["hidden_act"] == "relu" and cfg["rms_norm_eps"] == 1e-6 and cfg["tie_word_embeddings"] is False
+    assert cfg["hidden_act"] == "silu" and cfg["rms_norm_eps"] == 1e-6 and cfg["tie_word_embeddings"] is False
     assert cfg["rope_parameters"] == {"rope_type": "default", "rope_theta": model.rope_theta}
     assert not cfg["attention_bias"] and not cfg["use_sliding_window"]
     weights = load_file(str(out / "model.safetensors"))
     assert "lm_head.weight" in weights and all(w.dtype == torch.float32 for w in weights.values())
-    for i in range(model.n_layer):  # ReLU² is relu(gate x) * (up x) with gate = up
-        assert torch.equal(weights[f"model.layers.{i}.mlp.gate_proj.weight"],
-                           weights[f"model.layers.{i}.mlp.up_proj.weight"])
+    for i in range(model.n_layer):  # SwiGLU's gate and up are matrices of their own (ReLU²'s gate = up is
+        # checked by test_every_architecture_exports_and_imports_exactly: the import refuses gate != up)
+        assert not torch.equal(weights[f"model.layers.{i}.mlp.gate_proj.weight"],
+                               weights[f"model.layers.{i}.mlp.up_proj.weight"])
 
 
 @BOTH
@@ -385,9 +386,11 @@ def test_import_refuses_qwen3s_homegpt_cannot_compute(exported, tmp_path, capsys
         code, stdout, err = run_cli(capsys, "import", bad, "--out", tmp_path / "r")
         assert code == 2 and stdout == "" and len(err.strip().splitlines()) == 1, (match, err)
         assert match in err, (match, err)
-    (bad / "config.json").write_text(json.dumps(cfg))
+    (bad / "config.json").write_text(json.dumps(dict(cfg, hidden_act="relu")))  # ReLU², as homegpt exports it
     weights = load_file(str(bad / "model.safetensors"))
-    weights["model.layers.1.mlp.gate_proj.weight"] = weights["model.layers.1.mlp.gate_proj.weight"] + 1e-3
+    for i in range(cfg["num_hidden_layers"]):  # gate = up in every layer but one
+        weights[f"model.layers.{i}.mlp.gate_proj.weight"] = weights[f"model.layers.{i}.mlp.up_proj.weight"]
+    weights["model.layers.1.mlp.gate_proj.weight"] = weights["model.layers.1.mlp.up_proj.weight"] + 1e-3
     save_file(weights, str(bad / "model.safetensors"))
     code, _, err = run_cli(capsys, "import", bad, "--out", tmp_path / "r")
     assert code == 2 and "gate_proj != up_proj (layer 1)" in err and len(err.strip().splitlines()) == 1
@@ -468,8 +471,8 @@ def test_model_card_has_every_field(exported):
     assert metrics["perplexity"] == pytest.approx(ev["val_perplexity"], abs=1e-3)
     assert metrics["bits_per_byte"] == pytest.approx(ev["val_bpb"], abs=1e-4)
     for needle in (
-        f"{run_info['params']['total']:,} exactly", "Qwen3ForCausalLM", "ReLU²", "| runtimes | transformers only",
-        "vLLM's Qwen3 refuses", "compute the wrong thing", "Muon", f"{ev['tokens_trained']:,}",
+        f"{run_info['params']['total']:,} exactly", "Qwen3ForCausalLM", "SwiGLU", "| runtimes | transformers (checked",
+        "a plain Qwen3", "which vLLM runs", "Muon", f"{ev['tokens_trained']:,}",
         "6·N·D + attention", "2-core test CPU", "$0.01", "wall time", f"{ev['val_loss']:.4f}",
         f"{ev['val_perplexity']:.2f}", f"{ev['val_bpb']:.4f}", "](loss.png)", "## Samples", "written during training",
         "from_pretrained", "## Limitations", "## Training data", f"{run_info['model']['block_size']} tokens",
@@ -493,10 +496,15 @@ def test_card_names_the_class_and_the_runtimes_of_each_architecture():
     assert "GPT2LMHeadModel" in text and "position embeddings" in text and "transformers only" not in text
     text, cfg = card(arch="modern", mlp="swiglu", tie_embeddings=False)
     assert "Qwen3ForCausalLM" in text and "SwiGLU" in text and "untied" in text
-    assert "a plain Qwen3" in text and "vLLM and llama.cpp" in text and "transformers only" not in text
+    assert "a plain Qwen3" in text and "llama.cpp, Ollama and LM Studio from its GGUF" in text and "vLLM runs" in text
+    assert "transformers only" not in text and "homegpt export RUN OUT --format gguf" in text
+    assert "llama-cli -m OUT/NAME-F16.gguf" in text and "ollama create my-model -f Modelfile" in text
     assert f"{count_params(cfg)['total']:,} exactly" in text and "transformers counts" not in text
     text, cfg = card(arch="modern", mlp="relu2")
-    assert "transformers only" in text and "llama.cpp's Qwen3 assumes a SiLU-gated MLP" in text
+    assert "transformers only" in text and "llama.cpp's Qwen3 assumes a SiLU-gated MLP" in text and "ReLU²" in text
+    assert "vLLM's Qwen3 refuses" in text and "compute the wrong thing" in text
+    assert "## Run it in llama.cpp / Ollama / LM Studio\n\nNot possible for this model" in text
+    assert "llama-cli" not in text
     assert f"transformers counts {count_params(cfg)['total'] + 2 * 256 * 64:,}" in text
     assert yaml.safe_load(text.split("---\n", 2)[1])["tags"][1] == "qwen3"
 
