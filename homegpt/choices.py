@@ -2,7 +2,7 @@
 `homegpt prepare`'s worker processes must not pay for importing torch)."""
 
 ARCHS = ("gpt2", "modern")
-MLPS = {"gpt2": ("gelu",), "modern": ("relu2", "swiglu")}
+MLPS = {"gpt2": ("gelu",), "modern": ("swiglu", "relu2")}  # the first is the default
 DEFAULT_ARCH = "modern"  # the architecture of the recipe that measured best (BENCHMARKS.md)
 OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("cosine", "wsd")

@@ -13,8 +13,9 @@ def cmd_tokenizer(args) -> int:
 
     data = source_spec(args.data, args.hf_config, args.split, args.text_column, args.revision)
     info = train_tokenizer(data, args.vocab_size, args.out, force=args.force, sample_bytes=args.sample_bytes,
-                           sample_docs=args.sample_docs, seed=args.seed)
-    lines = [f"wrote {info['path']}: {info['vocab_size']:,} tokens (model vocabulary {info['model_vocab_size']:,}), "
+                           sample_docs=args.sample_docs, seed=args.seed, pre_tokenizer=args.pre_tokenizer)
+    lines = [f"wrote {info['path']}: {info['vocab_size']:,} tokens (model vocabulary {info['model_vocab_size']:,}, "
+             f"{info['pre_tokenizer']} pre-tokenizer), "
              f"{info['bytes_per_token']:.3f} bytes/token on held-out text; trained on "
              f"{plural(info['sample_documents'], 'document')} ({info['sample_bytes'] / 1e6:,.1f} MB) sampled from "
              f"{info['scanned_bytes'] / 1e6:,.1f} MB"]
@@ -64,6 +65,9 @@ def register(sub) -> None:
                    "(default 100,000,000), drawn from at most 10 times as much")
     t.add_argument("--sample-docs", type=count_arg, help="train on a random sample of this many documents instead")
     t.add_argument("--seed", type=int, default=0, help="the sample's and the held-out split's seed (default 0)")
+    t.add_argument("--pre-tokenizer", default="qwen2", choices=("qwen2", "gpt2"),  # tokenizer.PRE_TOKENIZERS
+                   help="how text is cut before BPE: qwen2 (default; Qwen2's regex, digits one at a time: "
+                   "llama.cpp's `qwen2` and Ollama give the same ids) or gpt2 (GPT-2's regex, llama.cpp's `gpt-2`)")
     t.add_argument("--force", action="store_true")
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=cmd_tokenizer)

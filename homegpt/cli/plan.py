@@ -94,7 +94,7 @@ def add_arch_flags(p, variants: bool = False) -> None:
                         f"tuned lrs); default {DEFAULT_ARCH}")
     if variants:
         p.add_argument("--mlp", choices=sorted({m for ms in MLPS.values() for m in ms}),
-                       help="modern: relu2 (default) or swiglu; gpt2: gelu")
+                       help="modern: swiglu (default) or relu2; gpt2: gelu")
         head = p.add_mutually_exclusive_group()
         head.add_argument("--untied", dest="tie", action="store_false", default=None,
                           help="an output head of its own, + V x d parameters (modern's default)")

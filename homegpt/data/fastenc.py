@@ -2,7 +2,8 @@
 
 HF `tokenizers` builds a full Encoding per document (tokens, offsets, masks); tiktoken returns bare ids and
 is several times faster per core (measured in benchmarks/prepare_throughput.py and docs/data.md). Both apply
-GPT-2's pre-tokenizer regex, then BPE within each piece; but tokenizers merges by the merge list while
+the tokenizer's pre-tokenizer regex (Qwen2's or GPT-2's: tokenizer.PRE_TOKENIZERS, tiktoken's pat_str), then
+BPE within each piece; but tokenizers merges by the merge list while
 tiktoken merges any adjacent pair whose bytes form a token, lowest id first. The two agree when token ids
 follow the merge order and every token encodes to itself, which holds for tokenizers trained by homegpt.
 `choose_encoder` checks exactly that, plus identity on a unicode-heavy probe text; prepare also re-encodes
@@ -22,13 +23,12 @@ import numpy as np
 
 from homegpt.errors import UserError
 
-GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 EOT = "<|endoftext|>"
 SPECIALS = (EOT, "<|im_start|>", "<|im_end|>")  # tokenizer.SPECIAL_TOKENS (not imported: workers stay light)
 ENCODERS = ("auto", "tiktoken", "hf")
 CHECK_CHARS = 1 << 14  # characters of a spot-checked piece that are re-encoded with tokenizers
 
-# Exercises every branch of the pre-tokenizer regex and the byte-level alphabet.
+# Exercises every branch of both pre-tokenizer regexes and the byte-level alphabet.
 PROBE_TEXT = (
     "Hello, world! It's John's 3rd café—naïve coöperation; they'll've said 'quote' \"dq\" 1,234.56e-7 $42 "
     "#tag @user http://x.y/z?q=1&r=2\n\n\n  leading   spaces\t\ttabs \t mixed\r\nwindows\rcr "
@@ -36,7 +36,7 @@ PROBE_TEXT = (
     "🙂🚀👩‍👩‍👧‍👦 🇫🇷 e\u0301 a\u0308\u0304 \u00a0nbsp\u2009thin\u3000ideo\u200bzw\u2028ls\u2029ps "
     "<|endoftext|>inside<|endoftext|> <|im_start|>user\nhi<|im_end|>\n<|im_start <|im_end| "
     "\x00\x01\x1f\x7f ~`!@#%^&*()_+-={}[]|\\:;<>?/ ’curly’ «guillemets» "
-    "ﬁligature ½ ² Ⅻ ０１２ ｆｕｌｌ   \n \n\n \t\n"
+    "ﬁligature ½ ² Ⅻ ０１２ ｆｕｌｌ IT'S WE'LL 'Ve 'ſ x9.\r\n;\n\n 2026-12-04 0x1F   \n \n\n \t\n"
 )
 
 
@@ -46,7 +46,7 @@ def tokenizer_spec(path: str | Path) -> dict:
 
 def unconvertible(spec: dict) -> str | None:
     """Why this tokenizer.json cannot run as tiktoken, or None when its structure allows it."""
-    model, pre = spec.get("model") or {}, spec.get("pre_tokenizer") or {}
+    model = spec.get("model") or {}
     if model.get("type") != "BPE":
         return f"model is {model.get('type')}, not BPE"
     if model.get("dropout") or model.get("byte_fallback") or model.get("continuing_subword_prefix") or \
@@ -54,8 +54,9 @@ def unconvertible(spec: dict) -> str | None:
         return "BPE uses dropout, byte fallback or subword affixes"
     if spec.get("normalizer"):
         return "it has a normalizer"
-    if pre.get("type") != "ByteLevel" or pre.get("add_prefix_space") or not pre.get("use_regex", True):
-        return "pre-tokenizer is not ByteLevel(add_prefix_space=False, use_regex=True)"
+    if _pattern(spec) is None:
+        return ("pre-tokenizer is neither Qwen2's (Split + ByteLevel(use_regex=False)) nor GPT-2's "
+                "(ByteLevel(add_prefix_space=False, use_regex=True))")
     added = spec.get("added_tokens") or []
     contents = [t.get("content") for t in added]
     if EOT not in contents or len(set(contents)) != len(contents) or not set(contents) <= set(SPECIALS) or any(
@@ -63,6 +64,13 @@ def unconvertible(spec: dict) -> str | None:
             for t in added):
         return f"added tokens are not the special {EOT} (and ChatML's <|im_start|>, <|im_end|>) alone"
     return None
+
+
+def _pattern(spec: dict) -> str | None:
+    """tiktoken's pat_str for this tokenizer.json's pre-tokenizer, or None if it is not one of homegpt's."""
+    from homegpt.data.tokenizer import GPT2_PATTERN, QWEN2_PATTERN, pre_tokenizer_name
+
+    return {"qwen2": QWEN2_PATTERN, "gpt2": GPT2_PATTERN}.get(pre_tokenizer_name(spec) or "")
 
 
 def special_ids(spec: dict) -> dict[str, int]:
@@ -97,7 +105,10 @@ def mergeable_ranks(spec: dict) -> dict[bytes, int]:
 def build_tiktoken(spec: dict, eot_id: int):
     import tiktoken
 
-    return tiktoken.Encoding("homegpt", pat_str=GPT2_PATTERN, mergeable_ranks=mergeable_ranks(spec),
+    pattern = _pattern(spec)
+    if pattern is None:
+        raise ValueError(unconvertible(spec) or "pre-tokenizer is not one of homegpt's")
+    return tiktoken.Encoding("homegpt", pat_str=pattern, mergeable_ranks=mergeable_ranks(spec),
                              special_tokens={**special_ids(spec), EOT: eot_id})
 
 

@@ -1,6 +1,12 @@
 """Byte-level BPE tokenizer, trained with Hugging Face `tokenizers` (GPT-2's scheme).
 
 Byte-level means every string is encodable (no unknown token) and decoding gives back the exact bytes.
+Before BPE, a pre-tokenizer cuts text into pieces that no token crosses. New tokenizers cut it the Qwen2 way
+("qwen2", the default: Qwen2/Qwen3's regex, digits one at a time, then ByteLevel without its own regex), which
+llama.cpp knows as the `qwen2` pre-tokenizer and Ollama's qwen3 engine always applies, so a model exported to
+either runtime gets the ids it was trained on; "gpt2" keeps GPT-2's regex (ByteLevel with use_regex, llama.cpp's
+`gpt-2`), what every tokenizer from before the default changed has, and which keeps working everywhere.
+No normalizer, either way: decode(encode(s)) == s for every string.
 Three special tokens come first (ids 0, 1, 2): <|endoftext|>, which separates documents, and ChatML's
 <|im_start|> and <|im_end|>, reserved for chat fine-tuning (conversations.py, `homegpt sft`), so a chat model
 needs no vocabulary surgery; pretraining never sees the two. Tokenizers from before they were reserved have
@@ -22,7 +28,7 @@ from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from homegpt.data.sources import PIECE_CHARS, Corpus, as_source, cut_pieces, iter_assigned
 from homegpt.errors import UserError
@@ -37,6 +43,14 @@ SPECIAL_TOKENS = (EOT, IM_START, IM_END)  # what `homegpt tokenizer` reserves, i
 MIN_VOCAB = 256 + len(SPECIAL_TOKENS) + 1  # 256 byte symbols + the special tokens, and at least one merge
 MAX_VOCAB = 2**32 - 1
 
+# How text is cut before BPE (see the module's docstring). The regexes are tiktoken's pat_str too (fastenc.py).
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+QWEN2_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+                 r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
+PRE_TOKENIZERS = ("qwen2", "gpt2")  # the first is the default
+DEFAULT_PRE_TOKENIZER = PRE_TOKENIZERS[0]
+LLAMA_PRE = {"qwen2": "qwen2", "gpt2": "gpt-2"}  # llama.cpp's names (tokenizer.ggml.pre in a GGUF file)
+
 
 def round_vocab(n: int, multiple: int = 64) -> int:
     return -(-n // multiple) * multiple
@@ -47,15 +61,64 @@ def check_vocab_size(vocab_size: int) -> None:
         raise UserError(f"vocab size must be between {MIN_VOCAB} and 1,000,000, got {vocab_size}")
 
 
-def train_tokenizer_on(corpus: Corpus, vocab_size: int) -> Tokenizer:
+def check_pre_tokenizer(name: str) -> None:
+    if name not in PRE_TOKENIZERS:
+        raise UserError(f"unknown pre-tokenizer {name!r}: use {' or '.join(PRE_TOKENIZERS)}")
+
+
+def make_pre_tokenizer(name: str = DEFAULT_PRE_TOKENIZER):
+    """The pre-tokenizer of a new tokenizer: "qwen2" serializes exactly as Qwen2's tokenizer.json spells it
+    (without its NFC normalizer), "gpt2" as GPT-2's. add_prefix_space=False: text is encoded as written."""
+    check_pre_tokenizer(name)
+    if name == "gpt2":
+        return pre_tokenizers.ByteLevel(add_prefix_space=False)
+    return pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
+    ])
+
+
+def llama_pre_tokenizer(spec: dict) -> str | None:
+    """llama.cpp's name for how this tokenizer.json (parsed) cuts text before BPE: "qwen2" for Qwen2's Split +
+    ByteLevel(use_regex=False), "gpt-2" for ByteLevel(use_regex=True, add_prefix_space=False) alone, None for
+    anything else (a normalizer, another pattern or behavior, a prefix space, more steps), which no llama.cpp
+    pre-tokenizer is known to reproduce. tokenizer.ggml.pre of a GGUF export."""
+    name = pre_tokenizer_name(spec)
+    return LLAMA_PRE[name] if name else None
+
+
+def pre_tokenizer_name(spec: dict) -> str | None:
+    """"qwen2" or "gpt2" (PRE_TOKENIZERS) where a parsed tokenizer.json splits text exactly so, else None."""
+    if spec.get("normalizer"):
+        return None
+    pre = spec.get("pre_tokenizer") or {}
+    if _is_byte_level(pre, use_regex=True):
+        return "gpt2"
+    steps = pre.get("pretokenizers") if pre.get("type") == "Sequence" else None
+    if not isinstance(steps, list) or len(steps) != 2 or not isinstance(steps[0], dict):
+        return None
+    split, byte_level = steps
+    if split.get("type") == "Split" and split.get("pattern") == {"Regex": QWEN2_PATTERN} and \
+            split.get("behavior") == "Isolated" and split.get("invert") is False and \
+            _is_byte_level(byte_level, use_regex=False):
+        return "qwen2"
+    return None
+
+
+def _is_byte_level(pre, use_regex: bool) -> bool:
+    # tokenizers reads a missing use_regex as True (files from before the option existed)
+    return isinstance(pre, dict) and pre.get("type") == "ByteLevel" and pre.get("add_prefix_space") is False \
+        and pre.get("use_regex", True) is use_regex
+
+
+def train_tokenizer_on(corpus: Corpus, vocab_size: int, pre_tokenizer: str = DEFAULT_PRE_TOKENIZER) -> Tokenizer:
     check_vocab_size(vocab_size)
-    return _train(corpus.train, vocab_size)
+    return _train(corpus.train, vocab_size, pre_tokenizer)
 
 
-def _train(texts: list[str], vocab_size: int) -> Tokenizer:
+def _train(texts: list[str], vocab_size: int, pre_tokenizer: str = DEFAULT_PRE_TOKENIZER) -> Tokenizer:
     tok = Tokenizer(models.BPE())
-    # add_prefix_space=False: the text is encoded exactly as written, so decode(encode(s)) == s.
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = make_pre_tokenizer(pre_tokenizer)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -124,16 +187,18 @@ def sample_corpus(source: str, seed: int = 0, sample_bytes: int | None = None, s
 
 
 def train_tokenizer(source: str, vocab_size: int, out_dir: str | Path, force: bool = False, *,
-                    sample_bytes: int | None = None, sample_docs: int | None = None, seed: int = 0) -> dict:
+                    sample_bytes: int | None = None, sample_docs: int | None = None, seed: int = 0,
+                    pre_tokenizer: str = DEFAULT_PRE_TOKENIZER) -> dict:
     """Train on a seeded sample of the source's training split, save tokenizer.json, report held-out bytes
-    per token."""
+    per token. pre_tokenizer: "qwen2" (the default) or "gpt2" (PRE_TOKENIZERS)."""
     check_vocab_size(vocab_size)
+    check_pre_tokenizer(pre_tokenizer)
     out = Path(out_dir)
     path = out / "tokenizer.json"
     if path.exists() and not force:
         raise UserError(f"{path} already exists: choose another --out or pass --force to replace it")
     sample = sample_corpus(source, seed, sample_bytes, sample_docs)
-    tok = _train(sample.train, vocab_size)
+    tok = _train(sample.train, vocab_size, pre_tokenizer)
     out.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tok.save(str(tmp))
@@ -141,7 +206,7 @@ def train_tokenizer(source: str, vocab_size: int, out_dir: str | Path, force: bo
     info = describe(tok, Corpus(str(source), sample.train, sample.val))
     info.update(path=str(path), sample_documents=len(sample.train), sample_bytes=sum(
         len(t.encode("utf-8")) for t in sample.train), scanned_bytes=sample.scanned_bytes,
-        whole_split_scanned=sample.complete, seed=seed)
+        whole_split_scanned=sample.complete, seed=seed, pre_tokenizer=pre_tokenizer)
     return info
 
 

@@ -5,9 +5,9 @@
                      with residual projections scaled by 1/sqrt(2 * n_layer).
     arch = "modern"  what modded-nanogpt, nanochat, Llama and Qwen3 converged on: rotary position embeddings,
                      pre-norm RMSNorm, RMSNorm on each head's queries and keys (QK-norm, before the rotation,
-                     as Qwen3 does it), no biases, a ReLU² MLP of width 4d (mlp = "relu2") or a SwiGLU MLP of
-                     width ~8/3 d (mlp = "swiglu"), a tied or untied head, and zero-initialised output
-                     projections so that every block starts as the identity.
+                     as Qwen3 does it), no biases, a SwiGLU MLP of width ~8/3 d (mlp = "swiglu", the default)
+                     or a ReLU² MLP of width 4d (mlp = "relu2"), a tied or untied head, and zero-initialised
+                     output projections so that every block starts as the identity.
 
 Both share the block structure x + attn(norm(x)), x + mlp(norm(x)); where they differ, the difference is
 in one place (the norm factory, CausalSelfAttention.qkv, MLP.forward, GPT._init_weights). Attention runs
@@ -48,7 +48,7 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool | None = None  # None = the architecture's: biases in gpt2, none in modern
     arch: str = "gpt2"
-    mlp: str = ""  # "" = the architecture's: gelu (gpt2), relu2 (modern); or swiglu (modern)
+    mlp: str = ""  # "" = the architecture's: gelu (gpt2), swiglu (modern); or relu2 (modern)
     rope_theta: float = 10000.0  # modern only
     tie_embeddings: bool | None = None  # the head reads the token embedding; None = the architecture's
     # default (choices.TIE_EMBEDDINGS: gpt2 always ties; modern unties by default)

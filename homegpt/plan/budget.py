@@ -48,7 +48,7 @@ class Arch:
     an untied head adds V x d) and which recipe trains it. Checked, and mlp made concrete, on creation."""
 
     arch: str = DEFAULT_ARCH
-    mlp: str = ""  # "" = the architecture's first (gelu, relu2)
+    mlp: str = ""  # "" = the architecture's first (gelu, swiglu)
     tie_embeddings: bool | None = None  # None = the architecture's default (choices.TIE_EMBEDDINGS)
 
     def __post_init__(self) -> None:

@@ -40,7 +40,7 @@ class TrainConfig:
     # the architecture (model/gpt.py): gpt2 | modern; "" = the preset's if it names one, else modern (RoPE,
     # RMSNorm, QK-norm, no biases; the recipe BENCHMARKS.md measures best)
     arch: str = ""
-    mlp: str = ""  # modern: relu2 (4d, squared ReLU) | swiglu (gated SiLU, ~8/3 d); gpt2: gelu. "" = the first
+    mlp: str = ""  # modern: swiglu (gated SiLU, ~8/3 d) | relu2 (4d, squared ReLU); gpt2: gelu. "" = the first
     rope_theta: float = 10000.0  # modern: base of the rotary embeddings' frequencies
     tie_embeddings: str = "auto"  # the head reads the token embedding: auto (gpt2: yes; modern: no) | true | false
     bias: str = "auto"  # auto (gpt2: biases, modern: none) | true | false

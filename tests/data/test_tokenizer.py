@@ -138,13 +138,18 @@ def test_tiktoken_encoder_is_identical_to_tokenizers(tmp_path, vocab):
     assert len(fast) > 400_000 and np.array_equal(fast, ref) and np.array_equal(counts, ref_counts)
 
 
+def _byte_level(pre: dict) -> dict:
+    """The ByteLevel step of a pre-tokenizer: itself (GPT-2's) or the last of a Sequence (Qwen2's)."""
+    return pre["pretokenizers"][-1] if pre["type"] == "Sequence" else pre
+
+
 def test_encoder_falls_back_to_tokenizers_when_not_provably_identical(tmp_path, tokenizer_dir):
     from homegpt.data.fastenc import choose_encoder, unconvertible
 
     spec = json.loads((tokenizer_dir / "tokenizer.json").read_text())
     assert unconvertible(spec) is None and choose_encoder(tokenizer_dir / "tokenizer.json")[0] == "tiktoken"
     variants = {
-        "prefix": lambda s: s["pre_tokenizer"].update(add_prefix_space=True),
+        "prefix": lambda s: _byte_level(s["pre_tokenizer"]).update(add_prefix_space=True),
         "normalizer": lambda s: s.update(normalizer={"type": "NFC"}),
         "order": lambda s: s["model"]["merges"].reverse(),
     }

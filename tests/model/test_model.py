@@ -125,9 +125,9 @@ def test_per_token_losses_and_no_grad_use_pytorch_cross_entropy():
 
 VARIANTS = {
     "gpt2": dict(arch="gpt2"),
-    "modern-relu2": dict(arch="modern"),
+    "modern-relu2": dict(arch="modern", mlp="relu2"),
     "modern-swiglu": dict(arch="modern", mlp="swiglu"),
-    "modern-relu2-untied": dict(arch="modern", tie_embeddings=False),
+    "modern-relu2-untied": dict(arch="modern", mlp="relu2", tie_embeddings=False),
     "modern-swiglu-untied": dict(arch="modern", mlp="swiglu", tie_embeddings=False),
 }
 
@@ -177,6 +177,8 @@ def test_modern_model_has_no_biases_no_position_embedding_and_zero_output_projec
     assert not any(n.endswith(".bias") for n in names) and "transformer.wpe.weight" not in names
     assert all(float(p.detach().abs().max()) == 0 for n, p in names.items() if n.endswith("c_proj.weight"))
     assert small(arch="modern", mlp="swiglu", n_embd=512, n_head=8).mlp_hidden == 1344  # 8/3 * 512, multiple of 64
+    assert small(arch="modern").mlp == "swiglu" and small(arch="modern", mlp="relu2").mlp_hidden == 4 * 32
+    assert "transformer.h.0.mlp.c_gate.weight" in names  # the default MLP is SwiGLU: it has a gate
 
 
 def test_rotary_positions_make_attention_relative():

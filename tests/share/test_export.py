@@ -373,7 +373,7 @@ QWEN3_REFUSALS = {
 }
 
 
-def test_import_refuses_qwen3s_homegpt_cannot_compute(exported, tmp_path, capsys):
+def test_import_refuses_qwen3s_homegpt_cannot_compute(exported, tmp_path, capsys, docs):
     """Each refusal is one line and exit code 2, and leaves --out alone."""
     import shutil
 
@@ -386,13 +386,12 @@ def test_import_refuses_qwen3s_homegpt_cannot_compute(exported, tmp_path, capsys
         code, stdout, err = run_cli(capsys, "import", bad, "--out", tmp_path / "r")
         assert code == 2 and stdout == "" and len(err.strip().splitlines()) == 1, (match, err)
         assert match in err, (match, err)
-    (bad / "config.json").write_text(json.dumps(dict(cfg, hidden_act="relu")))  # ReLU², as homegpt exports it
-    weights = load_file(str(bad / "model.safetensors"))
-    for i in range(cfg["num_hidden_layers"]):  # gate = up in every layer but one
-        weights[f"model.layers.{i}.mlp.gate_proj.weight"] = weights[f"model.layers.{i}.mlp.up_proj.weight"]
-    weights["model.layers.1.mlp.gate_proj.weight"] = weights["model.layers.1.mlp.up_proj.weight"] + 1e-3
-    save_file(weights, str(bad / "model.safetensors"))
-    code, _, err = run_cli(capsys, "import", bad, "--out", tmp_path / "r")
+    relu2 = tmp_path / "relu2"  # a ReLU² export (gate_proj = up_proj) with one layer's gate changed
+    export_run(make_run(tmp_path / "relu2-run", 16, 280, docs, arch="modern", mlp="relu2"), relu2, samples=[])
+    weights = load_file(str(relu2 / "model.safetensors"))
+    weights["model.layers.1.mlp.gate_proj.weight"] = weights["model.layers.1.mlp.gate_proj.weight"] + 1e-3
+    save_file(weights, str(relu2 / "model.safetensors"))
+    code, _, err = run_cli(capsys, "import", relu2, "--out", tmp_path / "r")
     assert code == 2 and "gate_proj != up_proj (layer 1)" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
 
