@@ -35,7 +35,7 @@ from homegpt.data.encoders import EncoderPool
 from homegpt.data.fastenc import choose_encoder
 from homegpt.data.formats import Progress
 from homegpt.data.shards import SHARD_RE, file_sha256, fsync_dir, write_json_atomic
-from homegpt.data.sources import VAL_EVERY, Source, as_source, fingerprint
+from homegpt.data.sources import PIECES_VERSION, VAL_EVERY, Source, as_source, fingerprint
 from homegpt.data.tokenizer import EOT, load_tokenizer, round_vocab
 from homegpt.data.writer import DEDUP_LOG, SPLITS, STATE_FILE, OrderedWriter, fresh_state, load_state
 from homegpt.errors import UserError
@@ -120,7 +120,7 @@ def prepare(source: str, tokenizer_path: str | Path, out_dir: str | Path, force:
     dtype = token_dtype(round_vocab(tok.get_vocab_size()))
     settings = {"source": src.spec, "fingerprint": fingerprint(src), "tokenizer_sha256": file_sha256(tok_file),
                 "seed": seed, "dedup": dedup, "max_tokens": max_tokens, "shard_tokens": shard_tokens,
-                "val_every": VAL_EVERY, "dtype": dtype.name}
+                "val_every": VAL_EVERY, "dtype": dtype.name, "pieces": PIECES_VERSION}
     kind, why = choose_encoder(tok_file, encoder)
     state = load_state(out, settings, force) if out.is_dir() else None
 

@@ -23,6 +23,7 @@ boundary: contiguous text never seen in training.
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain, islice
@@ -304,12 +305,15 @@ def read_text_file(path: Path) -> str:
 PIECE_CHARS = 1 << 18  # documents longer than this are encoded in pieces of about this many characters
 CUT_WINDOW = 4096  # a piece ends at a safe cut within this many characters before PIECE_CHARS
 CJK_STOPS = frozenset("。！？；，、：」』）")
+# safe_cut's rule (2: also where Qwen2's regex splits): an interrupted prepare resumes at a piece number, so
+# one begun with another rule starts over (prepare's settings record it)
+PIECES_VERSION = 2
 
 
 def cut_pieces(doc: Document, piece_chars: int = PIECE_CHARS) -> Iterator[tuple[str, bool]]:
-    """(text, is_last) pieces of a document, cut where byte-level BPE's pre-tokenizer would split anyway, so
-    encoding the pieces gives the same ids as encoding the whole (a space or newline after a non-space; in
-    text without spaces, after CJK punctuation; else, rarely, anywhere)."""
+    """(text, is_last) pieces of a document, cut where both pre-tokenizers (tokenizer.PRE_TOKENIZERS: Qwen2's
+    and GPT-2's regex) split anyway, so encoding the pieces gives the same ids as encoding the whole (safe_cut;
+    else, rarely, anywhere)."""
     blocks = doc.blocks() if isinstance(doc, TextFile) else iter((doc,))
     buf = ""
     for block in blocks:
@@ -326,17 +330,21 @@ def cut_pieces(doc: Document, piece_chars: int = PIECE_CHARS) -> Iterator[tuple[
 
 
 def safe_cut(text: str, target: int) -> int:
-    lo = max(1, target - CUT_WINDOW)
-    i = target
-    while i > lo:
-        j = max(text.rfind(" ", lo, i), text.rfind("\n", lo, i))
-        if j < lo:
-            break
-        if not text[j - 1].isspace():
+    r"""The last place at or before target (within CUT_WINDOW) where both pre-tokenizers' regexes split the
+    whole text, and split the two parts as they split the whole: before a space that follows a non-space
+    ("word| next"), before a newline that follows a letter or digit ("end|\n"), after a newline between two
+    non-spaces ("end.\n|Next"); in text without those, between a letter and CJK punctuation ("文|。").
+    Else target itself. Never before a newline after punctuation (Qwen2's regex keeps ".\n" together), after
+    a newline that ends a longer run of whitespace (the run's end would change GPT-2's pieces), or between
+    CJK punctuation and a letter (Qwen2's regex joins "。次")."""
+    lo = max(2, target - CUT_WINDOW)
+    for j in range(target, lo - 1, -1):
+        before, after = text[j - 1], text[j]
+        if after == " " and not before.isspace() or after == "\n" and unicodedata.category(before)[0] in "LN" \
+                or before == "\n" and not after.isspace() and not text[j - 2].isspace():
             return j
-        i = j
-    for j in range(target, lo, -1):
-        if text[j - 1] in CJK_STOPS and text[j].isalpha():
+    for j in range(target, lo - 1, -1):
+        if text[j - 1].isalpha() and text[j] in CJK_STOPS:
             return j
     return target
 

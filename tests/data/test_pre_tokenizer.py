@@ -203,3 +203,23 @@ def test_an_edited_qwen2_pipeline_falls_back_to_tokenizers(tokenizers, tmp_path)
     assert kind == "hf" and "neither Qwen2's" in why and llama_pre_tokenizer(spec) is None
     with pytest.raises(ValueError, match="neither Qwen2's"):
         build_tiktoken(spec, 0)
+
+
+def test_long_documents_cut_where_both_regexes_split(tokenizers):
+    """prepare encodes a long document in pieces (sources.cut_pieces): the pieces' ids are the whole's with
+    either pre-tokenizer, on text where the only places to cut are the tricky ones."""
+    from homegpt.data.sources import cut_pieces
+
+    texts = ["end.\n" * 4000, "日本語のテキスト。次の文" * 2000, "x = f(a, b);\n" * 2000, "abc\u0301\n" * 4000,
+             "a.\n\n  b\n" * 2000, "。。次" * 3000, "x\n \n" * 3000, "文。" * 4000, "a\n\nb" * 3000, "9\n\n" * 3000]
+    rng = random.Random(3)
+    atoms = ["a", "word", "1", "42", ".", ";", "。", "次", "é", "\u0301", " ", "  ", "\n", "\n\n", "\t", " \n",
+             "\r\n", "\u3000", "'s", "(", "🙂"]
+    texts += ["".join(rng.choice(atoms[: rng.randint(3, len(atoms))]) for _ in range(6000)) for _ in range(12)]
+    for name, path in tokenizers.items():
+        tok = load_tokenizer(path)
+        for text in texts:
+            for piece_chars in (300, 1000):
+                pieces = [p for p, _ in cut_pieces(text, piece_chars=piece_chars)]
+                assert "".join(pieces) == text and len(pieces) > 2
+                assert [i for p in pieces for i in tok.encode(p).ids] == tok.encode(text).ids, (name, text[:20])
