@@ -79,8 +79,9 @@ def test_muon_momentum_warms_up_and_apply_schedule_sets_every_group():
     assert all(g["lr"] == pytest.approx(0.0) for g in opt.param_groups)
 
 
-def test_muon_flops_count_newton_schulz_on_every_block_matrix():
-    m = model()
-    d, h = 32, 128
-    per_iter = 4 * (4.0 * d * d * d + 2.0 * d**3) + 2 * (4.0 * d * d * h + 2.0 * d**3)  # q, k, v, o; fc, proj
-    assert muon_flops_per_step(m) == pytest.approx(2 * 5 * per_iter)
+@pytest.mark.parametrize("mlp, h, mlp_matrices", [("relu2", 128, 2), ("swiglu", 64, 3)])  # fc, proj (+ gate)
+def test_muon_flops_count_newton_schulz_on_every_block_matrix(mlp, h, mlp_matrices):
+    m = model(mlp=mlp)
+    d = 32
+    per_iter = 4 * (4.0 * d * d * d + 2.0 * d**3) + mlp_matrices * (4.0 * d * d * h + 2.0 * d**3)  # q, k, v, o; MLP
+    assert m.config.mlp_hidden == h and muon_flops_per_step(m) == pytest.approx(2 * 5 * per_iter)
