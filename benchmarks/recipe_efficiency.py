@@ -1,7 +1,7 @@
 """What does a recipe buy per FLOP? Three recipes on the same data at equal compute, each with its lr tuned.
 
     python benchmarks/recipe_efficiency.py [--data SOURCE] [--budgets 1e12,3.16e12,1e13] [--extend 3.16e13]
-                                           [--json] [--quick]
+                                           [--homegpt-mlp swiglu,relu2] [--json] [--quick]
 
     (a) seed     the $50 recipe as published: GPT-2, every sentence padded to 65 tokens with the padding
                  counted in the loss, context 64, AdamW (torch's defaults) at a constant lr, no warmup, no
@@ -10,7 +10,8 @@
     (b) nanogpt  nanoGPT's recipe: GPT-2, packed documents, AdamW (0.9, 0.95) with weight decay 0.1 on
                  matrices, warmup + cosine decay to 10%, gradient clipping at 1 (`arch = "gpt2"` in homegpt).
     (c) homegpt  homegpt's modern recipe (the defaults: model/gpt.py's arch = "modern", train/optim.py's Muon + AdamW
-                 on a warmup-stable-decay schedule) through the real trainer.
+                 on a warmup-stable-decay schedule) through the real trainer, once per MLP of --homegpt-mlp
+                 (default: SwiGLU, the default MLP, and ReLU² beside it), each with its own tuned multiplier.
 
 Same data, tokenizer (vocabulary 2,048), model shape (4 layers x 128 wide by default), batch (2,048
 tokens) and held-out text for all. FLOPs are counted the same way for every recipe: training tokens x
@@ -23,15 +24,18 @@ of all four of its rates), extended by one more value beyond an edge when the be
 --max-extend times). Reported: held-out bits per byte (the whole held-out split, every run at its own
 context) for every (recipe, budget) at its best lr, and the compute multiplier: the FLOPs (b) needs to
 reach (c)'s bits per byte, divided by (c)'s FLOPs, interpolating (b)'s best-lr bits per byte linearly in
-log FLOPs (beyond (b)'s largest budget the last segment is extended, marked "extrapolated"); likewise (a).
+log FLOPs (beyond (b)'s largest budget the last segment is extended, marked "extrapolated"); likewise (a),
+and likewise each other (c) MLP against the first (what ReLU² needs to reach SwiGLU's bits per byte).
 (a) and (b) also run at --extend budgets above the common ones, at their best lr of the largest common
 budget, so that their curves reach (c)'s bits per byte. Every finished run is appended to OUT/runs.jsonl and
-reused by the next invocation with the same settings, so the benchmark resumes where it stopped.
+reused by the next invocation with the same settings (for (c), its MLP among them; a (c) record without one
+was written when ReLU² was the only one this script ran), so the benchmark resumes where it stopped.
 Also bits per byte at equal wall-clock training seconds (runs go --workers at a time, one thread each, so
 their seconds compare within one run of this script; Muon's iterations cost CPU time that FLOPs understate).
 
-The last line with --json is one object: multiplier_vs_nanogpt, multiplier_vs_seed (one entry per budget),
-table (every run), best (per recipe and budget), wallclock, and the settings.
+The last line with --json is one object: multiplier_vs_nanogpt, multiplier_vs_seed (one entry per budget) and
+wallclock for the first (c) MLP, by_mlp (the same for every (c) MLP, and its multiplier against the others),
+table (every run), best (per recipe, MLP and budget), and the settings.
 """
 
 from __future__ import annotations
@@ -48,8 +52,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from homegpt.choices import MLPS  # noqa: E402  (torch-free)
+
 RECIPES = ("seed", "nanogpt", "homegpt")
 LABELS = {"seed": "(a) $50 recipe", "nanogpt": "(b) nanoGPT", "homegpt": "(c) homegpt modern"}
+MLP_NAMES = {"swiglu": "SwiGLU", "relu2": "ReLU²"}
 GRIDS = {  # (a) includes its published 5e-4; (b) is centred on the demo's tuned 3e-3; (c) x optim.py's rates
     "seed": (5e-4, 1.5e-3, 4.5e-3),
     "nanogpt": (1.5e-3, 3e-3, 6e-3),
@@ -59,6 +66,27 @@ STEP_FACTOR = {"seed": 3.0, "nanogpt": 2.0, "homegpt": 2.0}  # how the grid exte
 VOCAB = 2048
 BATCH_TOKENS = 2048
 SEED_LEN = 65  # the $50 recipe: each sentence padded (or cut) to 65 tokens; x = the first 64, y = the last 64
+
+
+# --------------------------------------------------------------------------------------------- names
+
+
+def mlp_of(r: dict) -> str:
+    """A (c) run's MLP. Records written before runs named it have none: they were ReLU², then the default and
+    the only MLP this script ran."""
+    return r.get("mlp") or "relu2"
+
+
+def series(r: dict) -> str:
+    """What a run's row in the tables is: its recipe, and for (c) its MLP ("homegpt-swiglu")."""
+    return f"homegpt-{mlp_of(r)}" if r["recipe"] == "homegpt" else r["recipe"]
+
+
+def label(name: str) -> str:
+    if name.startswith("homegpt-"):
+        mlp = name.removeprefix("homegpt-")
+        return f"(c) homegpt {MLP_NAMES.get(mlp, mlp)}"
+    return LABELS[name]
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -123,21 +151,21 @@ def seed_lines(source: str, data_dir: Path, seed: int):
 # --------------------------------------------------------------------------------------------- one run
 
 
-def shape_config(shape: tuple[int, int], block: int, arch: str):
+def shape_config(shape: tuple[int, int], block: int, arch: str, mlp: str = ""):
     from homegpt.model.gpt import GPTConfig
 
     n_layer, n_embd = shape
-    return GPTConfig(n_layer, max(1, n_embd // 32), n_embd, block, VOCAB, arch=arch)
+    return GPTConfig(n_layer, max(1, n_embd // 32), n_embd, block, VOCAB, arch=arch, mlp=mlp)
 
 
-def flops_per_token_and_step(recipe: str, shape: tuple[int, int]) -> tuple[float, float]:
-    """(FLOPs per training token, extra FLOPs per optimizer step) as every recipe is counted."""
+def flops_per_token_and_step(recipe: str, shape: tuple[int, int], mlp: str = "") -> tuple[float, float]:
+    """(FLOPs per training token, extra FLOPs per optimizer step) as every recipe is counted ((c): with `mlp`)."""
     from homegpt.model.gpt import GPT, flops_per_token
     from homegpt.train.optim import muon_flops_per_step
 
     if recipe == "seed":
         return flops_per_token(shape_config(shape, SEED_LEN - 1, "gpt2")), 0.0
-    mcfg = shape_config(shape, 128, "gpt2" if recipe == "nanogpt" else "modern")
+    mcfg = shape_config(shape, 128, "gpt2", "") if recipe == "nanogpt" else shape_config(shape, 128, "modern", mlp)
     per_step = muon_flops_per_step(GPT(mcfg)) if recipe == "homegpt" else 0.0
     return flops_per_token(mcfg), per_step
 
@@ -147,7 +175,7 @@ def run_job(job: dict) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    fpt, per_step = flops_per_token_and_step(job["recipe"], job["shape"])
+    fpt, per_step = flops_per_token_and_step(job["recipe"], job["shape"], job.get("mlp", ""))
     tokens_per_step = BATCH_TOKENS if job["recipe"] != "seed" else (BATCH_TOKENS // (SEED_LEN - 1)) * (SEED_LEN - 1)
     steps = max(1, round(job["budget"] / (fpt * tokens_per_step + per_step)))
     t0 = time.perf_counter()
@@ -174,8 +202,8 @@ def _train_homegpt(job: dict, steps: int) -> dict:
                           min_lr_ratio=0.1, weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0)
     else:
         m = job["lr"]
-        cfg = TrainConfig(**common, lr=MUON_LR * m, embedding_lr=MUON_EMBEDDING_LR * m, head_lr=MUON_HEAD_LR * m,
-                          scalar_lr=MUON_SCALAR_LR * m, **job.get("extra", {}))
+        cfg = TrainConfig(**common, mlp=job["mlp"], lr=MUON_LR * m, embedding_lr=MUON_EMBEDDING_LR * m,
+                          head_lr=MUON_HEAD_LR * m, scalar_lr=MUON_SCALAR_LR * m, **job.get("extra", {}))
     r = train(cfg, job["run_dir"], force=True, progress=False, log=lambda msg: None)
     return {"bpb": r["val_bpb"], "loss": r["val_loss"], "tokens": r["tokens_trained"], "train_s": r["train_seconds"]}
 
@@ -232,9 +260,10 @@ def interpolate_needed(curve: list[tuple[float, float]], target: float) -> tuple
 
 
 def best_runs(table: list[dict]) -> dict:
+    """{(series, budget): its best-lr run}."""
     best: dict = {}
     for r in table:
-        key = (r["recipe"], r["budget"])
+        key = (series(r), r["budget"])
         if key not in best or r["bpb"] < best[key]["bpb"]:
             best[key] = r
     return best
@@ -243,8 +272,10 @@ def best_runs(table: list[dict]) -> dict:
 MAX_EXTRAPOLATION = 10.0  # an extrapolated need beyond 10x the baseline's largest measured run is not reported
 
 
-def multipliers(best: dict, budgets: list[float], baseline: str, axis: str = "flops") -> list[dict]:
-    """Per common budget: what the baseline needs (on its curve over every budget it ran) for (c)'s bpb.
+def multipliers(best: dict, budgets: list[float], baseline: str, axis: str = "flops",
+                ours_name: str = "homegpt-swiglu") -> list[dict]:
+    """Per common budget: what the baseline needs (on its curve over every budget it ran) for the bpb of
+    `ours_name` (a (c) series).
 
     multiplier: interpolated, or extrapolated from the curve's last segment (marked), or None when the curve
     has stopped falling or the extrapolation runs past MAX_EXTRAPOLATION x its largest run. at_least: a
@@ -254,7 +285,7 @@ def multipliers(best: dict, budgets: list[float], baseline: str, axis: str = "fl
     curve = sorted((r[axis], r["bpb"]) for (name, _), r in best.items() if name == baseline)
     out = []
     for b in budgets:
-        ours = best[("homegpt", b)]
+        ours = best[(ours_name, b)]
         needed, extrapolated = interpolate_needed(curve, ours["bpb"])
         if needed is not None and extrapolated and needed > MAX_EXTRAPOLATION * curve[-1][0]:
             needed = None
@@ -290,7 +321,8 @@ def bpb_at(curve: list[tuple[float, float]], x: float) -> tuple[float, bool]:
 
 
 def _key(job: dict) -> tuple:
-    return (job["recipe"], float(job["budget"]), float(job["lr"]), tuple(job["shape"]), job["source"], job["seed"])
+    """What makes two runs the same: the recipe, and for (c) its MLP, budget, lr, shape, data, seed."""
+    return (series(job), float(job["budget"]), float(job["lr"]), tuple(job["shape"]), job["source"], job["seed"])
 
 
 def run_all(jobs: list[dict], workers: int, log) -> list[dict]:
@@ -344,31 +376,37 @@ def extend_baselines(table: list[dict], budgets: list[float], extra: list[float]
 
 
 def _describe(r: dict) -> str:
-    return (f"  {LABELS[r['recipe']]:20s} C={r['budget']:.3g}  lr={r['lr']:<8g} bpb {r['bpb']:.4f}  "
+    return (f"  {label(series(r)):20s} C={r['budget']:.3g}  lr={r['lr']:<8g} bpb {r['bpb']:.4f}  "
             f"{r['tokens']:,} tokens  {r['train_s']:.0f} s")
 
 
 def tune(recipes: list[str], budgets: list[float], base: dict, grid_size: int, max_extend: int, workers: int,
-         log) -> list[dict]:
-    """Every recipe's grid at every budget, then one more lr past an edge where the best sits on it."""
-    def job(recipe, budget, lr):
-        name = f"{recipe}_C{budget:.3g}_lr{lr:.3g}"
-        return dict(base, recipe=recipe, budget=budget, lr=lr, run_dir=str(Path(base["out"]) / "runs" / name))
+         log, mlps: tuple[str, ...] = ("swiglu",)) -> list[dict]:
+    """Every recipe's grid at every budget ((c) once per MLP of `mlps`), then one more lr past an edge where
+    the best sits on it."""
+    def job(recipe, budget, lr, mlp=""):
+        if recipe != "homegpt":
+            name = f"{recipe}_C{budget:.3g}_lr{lr:.3g}"
+            return dict(base, recipe=recipe, budget=budget, lr=lr, run_dir=str(Path(base["out"]) / "runs" / name))
+        name = f"{recipe}-{mlp}_C{budget:.3g}_lr{lr:.3g}"
+        return dict(base, recipe=recipe, mlp=mlp, budget=budget, lr=lr, run_dir=str(Path(base["out"]) / "runs" / name))
 
     grids = {r: list(GRIDS[r])[:grid_size] if grid_size < 3 else list(GRIDS[r]) for r in recipes}
-    table = run_all([job(r, b, lr) for r in recipes for b in budgets for lr in grids[r]], workers, log)
+    variants = [(r, m) for r in recipes for m in (mlps if r == "homegpt" else ("",))]
+    table = run_all([job(r, b, lr, m) for r, m in variants for b in budgets for lr in grids[r]], workers, log)
     for _ in range(max_extend):
         more = []
-        for r in recipes:
+        for r, m in variants:
+            name = series(dict(recipe=r, mlp=m))
             for b in budgets:
-                runs = sorted((x for x in table if x["recipe"] == r and x["budget"] == b), key=lambda x: x["lr"])
+                runs = sorted((x for x in table if series(x) == name and x["budget"] == b), key=lambda x: x["lr"])
                 if len(runs) < 2:
                     continue
                 best = min(runs, key=lambda x: x["bpb"])
                 if best is runs[0]:
-                    more.append(job(r, b, runs[0]["lr"] / STEP_FACTOR[r]))
+                    more.append(job(r, b, runs[0]["lr"] / STEP_FACTOR[r], m))
                 elif best is runs[-1]:
-                    more.append(job(r, b, runs[-1]["lr"] * STEP_FACTOR[r]))
+                    more.append(job(r, b, runs[-1]["lr"] * STEP_FACTOR[r], m))
         if not more:
             break
         log(f"extending {len(more)} grids past an edge")
@@ -376,39 +414,56 @@ def tune(recipes: list[str], budgets: list[float], base: dict, grid_size: int, m
     return table
 
 
-def report(table: list[dict], budgets: list[float], recipes: list[str], log) -> dict:
+def report(table: list[dict], budgets: list[float], recipes: list[str], log,
+           mlps: tuple[str, ...] = ("swiglu",)) -> dict:
+    """The tables: best bpb per row and budget; (c)'s multipliers (each MLP's) against (b), (a) and the other
+    MLPs; bpb at equal training seconds. The top-level multipliers are the first MLP's (the defaults)."""
     best = best_runs(table)
+    ours = [f"homegpt-{m}" for m in mlps] if "homegpt" in recipes else []
+    rows = [r for r in recipes if r != "homegpt"] + ours
     log("\nheld-out bits per byte at the best lr (lr in brackets)")
-    extra = sorted({b for (r, b) in best if b not in budgets})
+    extra = sorted({b for (_, b) in best if b not in budgets})
     for b in extra:
-        log(f"  also at C={b:.3g}: " + ", ".join(f"{LABELS[r]} {best[(r, b)]['bpb']:.4f} (lr {best[(r, b)]['lr']:.3g})"
-                                            for r in recipes if (r, b) in best))
-    log(f"{'budget (FLOPs)':>15s}  " + "  ".join(f"{LABELS[r]:>24s}" for r in recipes))
+        log(f"  also at C={b:.3g}: " + ", ".join(f"{label(r)} {best[(r, b)]['bpb']:.4f} (lr {best[(r, b)]['lr']:.3g})"
+                                            for r in rows if (r, b) in best))
+    log(f"{'budget (FLOPs)':>15s}  " + "  ".join(f"{label(r):>24s}" for r in rows))
     for b in budgets:
-        log(f"{b:15.3g}  " + "  ".join(f"{best[(r, b)]['bpb']:>14.4f} ({best[(r, b)]['lr']:<7.3g})" for r in recipes))
-    out: dict = {"best": [best[(r, b)] for r in recipes for b in budgets]}
-    for baseline, key in (("nanogpt", "multiplier_vs_nanogpt"), ("seed", "multiplier_vs_seed")):
-        if baseline in recipes and "homegpt" in recipes:
-            out[key] = multipliers(best, budgets, baseline)
-            out[key.replace("multiplier", "wallclock_multiplier")] = multipliers(best, budgets, baseline, "train_s")
-            log(f"\ncompute multiplier of (c) against {LABELS[baseline]}: FLOPs it needs for (c)'s bpb / (c)'s FLOPs")
-            for m in out[key]:
-                log(f"  C={m['budget']:.3g}: (c) {m['bpb']:.4f} bpb -> {_say(m)}")
-    if "homegpt" in recipes:
-        out["wallclock"] = []
-        log("\nbits per byte at equal training seconds (this machine, one thread per run)")
+        log(f"{b:15.3g}  " + "  ".join(f"{best[(r, b)]['bpb']:>14.4f} ({best[(r, b)]['lr']:<7.3g})" for r in rows))
+    out: dict = {"best": [best[(r, b)] for r in rows for b in budgets], "by_mlp": {}}
+    for name in ours:
+        mine: dict = {}
+        baselines = [("nanogpt", "multiplier_vs_nanogpt"), ("seed", "multiplier_vs_seed")]
+        baselines += [(o, f"multiplier_vs_{o.removeprefix('homegpt-')}") for o in ours if o != name]
+        for baseline, key in baselines:
+            if baseline not in recipes and baseline not in ours:
+                continue
+            mine[key] = multipliers(best, budgets, baseline, ours_name=name)
+            mine[key.replace("multiplier", "wallclock_multiplier")] = multipliers(best, budgets, baseline, "train_s",
+                                                                              ours_name=name)
+            log(f"\ncompute multiplier of {label(name)} against {label(baseline)}: the FLOPs {label(baseline)} needs "
+                f"for {label(name)}'s bpb / {label(name)}'s FLOPs")
+            for m in mine[key]:
+                log(f"  C={m['budget']:.3g}: {m['bpb']:.4f} bpb -> {_say(m)}")
+        mine["wallclock"] = []
+        log(f"\nbits per byte at equal training seconds (this machine, one thread per run): {label(name)}")
         for b in budgets:
-            ours = best[("homegpt", b)]
-            row = {"budget": b, "train_s": ours["train_s"], "homegpt_bpb": ours["bpb"]}
-            for r in recipes:
-                if r != "homegpt":
+            run = best[(name, b)]
+            row = {"budget": b, "train_s": run["train_s"], "homegpt_bpb": run["bpb"]}
+            for r in rows:
+                if r != name:
                     y, outside = bpb_at([(v["train_s"], v["bpb"]) for (n, _), v in best.items() if n == r],
-                                        ours["train_s"])
+                                        run["train_s"])
                     row[f"{r}_bpb"], row[f"{r}_extrapolated"] = y, outside
-            out["wallclock"].append(row)
-            log(f"  {ours['train_s']:.0f} s: (c) {ours['bpb']:.4f}; " + "; ".join(
-                f"{LABELS[r]} {row[f'{r}_bpb']:.4f}{' (extrapolated)' if row[f'{r}_extrapolated'] else ''}"
-                for r in recipes if r != "homegpt"))
+            mine["wallclock"].append(row)
+            log(f"  {run['train_s']:.0f} s: {run['bpb']:.4f}; " + "; ".join(
+                f"{label(r)} {row[f'{r}_bpb']:.4f}{' (extrapolated)' if row[f'{r}_extrapolated'] else ''}"
+                for r in rows if r != name))
+        out["by_mlp"][name.removeprefix("homegpt-")] = mine
+    if ours:
+        first = out["by_mlp"][mlps[0]]
+        top = ("multiplier_vs_nanogpt", "multiplier_vs_seed", "wallclock_multiplier_vs_nanogpt",
+               "wallclock_multiplier_vs_seed", "wallclock")
+        out.update({k: first[k] for k in top if k in first})
     return out
 
 
@@ -418,6 +473,9 @@ def main() -> None:
     ap.add_argument("--budgets", default="1e12,3.16e12,1e13", help="comma-separated FLOP budgets")
     ap.add_argument("--shape", default="4x128", help="LAYERSxWIDTH for every recipe (heads of 32)")
     ap.add_argument("--recipes", default=",".join(RECIPES))
+    ap.add_argument("--homegpt-mlp", default=",".join(MLPS["modern"]),
+                    help="the MLPs (c) runs with, each its own row and tuning; the first is the one the top-level "
+                    f"multipliers are of (default: {','.join(MLPS['modern'])}, the default first)")
     ap.add_argument("--workers", type=int, default=2, help="runs at a time, one thread each")
     ap.add_argument("--grid", type=int, default=3, help="lr values per recipe and budget before extension")
     ap.add_argument("--max-extend", type=int, default=2, help="extra lrs past an edge of the grid, at most")
@@ -435,6 +493,9 @@ def main() -> None:
     recipes = [r for r in args.recipes.split(",") if r]
     if len(budgets) < 2 or any(r not in RECIPES for r in recipes):
         raise SystemExit(f"need >= 2 budgets and recipes from {', '.join(RECIPES)}")
+    mlps = tuple(m for m in args.homegpt_mlp.split(",") if m)
+    if not mlps or any(m not in MLPS["modern"] for m in mlps):
+        raise SystemExit(f"--homegpt-mlp: one or more of {', '.join(MLPS['modern'])}")
     out = Path(args.out)
     source = pydoc_corpus(out) if args.data == "pydoc" else args.data
     data_dir = prepare_data(source, out, log)
@@ -443,11 +504,11 @@ def main() -> None:
     log(f"(a) pads {len(rows):,} sentences to {SEED_LEN} tokens: {real:.1%} of its training tokens are text")
     base = {"source": source, "data_dir": str(data_dir), "shape": shape, "seed": args.seed, "out": str(out)}
     t0 = time.perf_counter()
-    table = tune(recipes, budgets, base, args.grid, args.max_extend, args.workers, log)
+    table = tune(recipes, budgets, base, args.grid, args.max_extend, args.workers, log, mlps)
     extra = [float(x) for x in args.extend.split(",") if x] if not args.quick else []
     table += extend_baselines(table, budgets, extra, base, args.workers, log)
-    result = report(table, budgets, recipes, log)
-    result.update(table=table, data=source, shape=list(shape), budgets=budgets, vocab_size=VOCAB,
+    result = report(table, budgets, recipes, log, mlps)
+    result.update(table=table, data=source, shape=list(shape), budgets=budgets, mlps=list(mlps), vocab_size=VOCAB,
                   batch_tokens=BATCH_TOKENS, seed_real_token_share=real, seconds=round(time.perf_counter() - t0, 1))
     log(f"\n{len(table)} runs in {result['seconds']:.0f} s")
     (out / "results.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
