@@ -318,6 +318,9 @@ def _umask() -> int:
 def read_hf_config(hf_dir: Path) -> dict:
     """config.json as a dict; hf_arch.from_hf decides whether homegpt can compute what it describes."""
     config = read_json(hf_dir / "config.json")
+    if not isinstance(config, dict) and any(hf_dir.glob("*.gguf")):
+        raise UserError(f"{hf_dir} holds a GGUF file: homegpt import reads transformers folders only (import the "
+                        f"run's `homegpt export RUN OUT` folder instead)")
     if not isinstance(config, dict):
         raise UserError(f"{hf_dir} has no readable config.json: is it a transformers model folder?")
     return config
@@ -372,6 +375,9 @@ def import_hf(hf_dir: str | Path, out_run_dir: str | Path, force: bool = False) 
     metrics; any other model starts at step 0.
     """
     src, out = Path(hf_dir), Path(out_run_dir)
+    if src.is_file() and src.suffix == ".gguf":
+        raise UserError(f"{src} is a GGUF file: homegpt import reads transformers folders only (import the run's "
+                        f"`homegpt export RUN OUT` folder instead)")
     if not src.is_dir():
         raise UserError(f"{src} does not exist or is not a folder")
     if out.exists() and not out.is_dir():

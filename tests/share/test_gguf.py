@@ -200,6 +200,10 @@ def test_refusals_are_one_line_and_write_nothing(trained_run, tmp_path):
     assert forced.returncode == 0, forced.stderr
     assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "out-Q8_0.gguf"]  # the f16 file is gone
     assert json.loads(forced.stdout)["quant"] == "q8_0"
+    for target in (out, out / "out-Q8_0.gguf"):  # import reads transformers folders only: said in one line
+        imported = run_cli("import", str(target), "--out", str(tmp_path / "imported"))
+        assert imported.returncode == 2 and "GGUF" in imported.stderr and imported.stderr.count("\n") == 1
+    assert not (tmp_path / "imported").exists()
     quant_alone = run_cli("export", str(run_dir), str(tmp_path / "hf"), "--quant", "f16")
     assert quant_alone.returncode == 2 and "--format gguf" in quant_alone.stderr
 
