@@ -115,16 +115,17 @@ def export_gguf(run_dir: str | Path, out_dir: str | Path, quant: str = DEFAULT_Q
     refusal = gguf_refusal(cfg)
     if refusal:
         raise UserError(refusal)
+    spec = json.loads((run_path / "tokenizer.json").read_text(encoding="utf-8"))
+    pre = tokenizer_pre(spec)
     prepare_out(out, force)
     run = load_run(run_path, device="cpu", step=step)
-    spec = json.loads((run_path / "tokenizer.json").read_text(encoding="utf-8"))
     chat = chat_template_of(run_path) is not None
     name = name or out.resolve().name
     filename = gguf_name(name, quant)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        write_gguf(tmp / filename, cfg, model_state(run.model), spec, quant, chat, name)
+        write_gguf(tmp / filename, cfg, model_state(run.model), spec, pre, quant, chat, name)
         (tmp / MODELFILE).write_text(modelfile(filename, chat), encoding="utf-8")
         stale = [p.name for p in out.glob("*.gguf")] + [MODELFILE] if out.is_dir() else []
         move_into(tmp, out, stale)  # --force: an earlier GGUF (of another quant too) does not survive
@@ -136,15 +137,20 @@ def export_gguf(run_dir: str | Path, out_dir: str | Path, quant: str = DEFAULT_Q
             "bytes": (out / filename).stat().st_size, "chat": chat}
 
 
-def write_gguf(path: Path, cfg: GPTConfig, state: dict[str, torch.Tensor], spec: dict, quant: str, chat: bool,
-               name: str) -> None:
-    """One GGUF file: the architecture's hyperparameters, the tokenizer, the weights."""
-    import gguf
-
+def tokenizer_pre(spec: dict) -> str:
+    """llama.cpp's name for how the tokenizer splits text (tokenizer.ggml.pre), or a UserError."""
     pre = llama_pre_tokenizer(spec)
     if pre is None:
         raise UserError("this run's tokenizer splits text in a way llama.cpp has no pre-tokenizer for (only "
-                        "ByteLevel BPE with GPT-2's or Qwen2's split is exported): it cannot be a GGUF")
+                        "byte-level BPE with GPT-2's or Qwen2's split is exported): it cannot be a GGUF")
+    return pre
+
+
+def write_gguf(path: Path, cfg: GPTConfig, state: dict[str, torch.Tensor], spec: dict, pre: str, quant: str,
+               chat: bool, name: str) -> None:
+    """One GGUF file: the architecture's hyperparameters, the tokenizer (pre = tokenizer_pre(spec)), the weights."""
+    import gguf
+
     tokens, types, merges = vocabulary(spec)
     arch = GGUF_ARCH[cfg.arch]
     w = gguf.GGUFWriter(str(path), arch)

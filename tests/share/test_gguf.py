@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -204,6 +205,13 @@ def test_refusals_are_one_line_and_write_nothing(trained_run, tmp_path):
         imported = run_cli("import", str(target), "--out", str(tmp_path / "imported"))
         assert imported.returncode == 2 and "GGUF" in imported.stderr and imported.stderr.count("\n") == 1
     assert not (tmp_path / "imported").exists()
+    odd = tmp_path / "odd-run"  # a tokenizer that normalizes text: no llama.cpp pre-tokenizer computes it
+    shutil.copytree(run_dir, odd)
+    spec = json.loads((odd / "tokenizer.json").read_text())
+    (odd / "tokenizer.json").write_text(json.dumps(dict(spec, normalizer={"type": "NFC"})))
+    refused = run_cli("export", str(odd), str(tmp_path / "odd"), "--format", "gguf")
+    assert refused.returncode == 2 and "pre-tokenizer" in refused.stderr and refused.stderr.count("\n") == 1
+    assert not (tmp_path / "odd").exists()
     quant_alone = run_cli("export", str(run_dir), str(tmp_path / "hf"), "--quant", "f16")
     assert quant_alone.returncode == 2 and "--format gguf" in quant_alone.stderr
 
