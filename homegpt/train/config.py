@@ -15,9 +15,10 @@ from homegpt.errors import UserError, closest
 from homegpt.model.gpt import PRESETS, GPTConfig
 
 # Peak learning rates when the config leaves them at 0 (auto); `resolved()` reads them, optim.py applies them.
-# AdamW: 1e-3. Muon recipe: tuned on the 4 x 128 demo model (untied head) on the built-in corpus, one value at a
-# time around nanochat's and modded-nanogpt's (BENCHMARKS.md, "Tuning the modern recipe");
-# benchmarks/recipe_efficiency.py then re-tunes a common multiplier.
+# AdamW: 1e-3. Muon recipe: tuned on the 4 x 128 demo model (untied head, ReLU² MLP) on the built-in corpus, one
+# value at a time around nanochat's and modded-nanogpt's (BENCHMARKS.md, "Tuning the modern recipe");
+# benchmarks/recipe_efficiency.py then re-tunes a common multiplier (the same best one for SwiGLU and ReLU² at
+# every budget it ran: x1 at the largest).
 MUON_LR = 0.03
 MUON_EMBEDDING_LR = 0.2
 MUON_HEAD_LR = 0.004
